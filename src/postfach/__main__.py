@@ -1,0 +1,3 @@
+from postfach.cli.main import main
+
+main()

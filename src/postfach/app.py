@@ -1,0 +1,182 @@
+"""The composition root: builds the real store, hub, services and listeners and wires them.
+
+Nothing else in the package constructs concrete implementations; tests build an `App` with a
+temporary data directory and ephemeral ports (``POSTFACH_SMTP=127.0.0.1:0`` and so on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from postfach.auth.passwords import Authenticator
+from postfach.config import Address, Config, ConfigError
+from postfach.delivery import DeliverySettings, LocalDelivery
+from postfach.maildrop import StorePop3Backend
+from postfach.mime.structure import parse, to_json
+from postfach.pop3.server import start_pop3_server
+from postfach.pop3.session import Pop3Settings
+from postfach.smtp.handler import make_smtp_factory
+from postfach.store.hub import Hub
+from postfach.store.sqlite import SqliteMailstore
+from postfach.tls import ensure_self_signed, server_context
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DOMAIN = "localhost"
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message is one line for the user."""
+
+
+def structure_json(message: bytes) -> str | None:
+    """Parse once at delivery; IMAP serves ENVELOPE/BODYSTRUCTURE/parts from this."""
+    return to_json(parse(message))
+
+
+def open_store(data_dir: Path) -> SqliteMailstore:
+    """Open (and on first use initialise) the data directory; one clear error if we cannot."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise StartupError(f"data directory {data_dir} is not writable")
+        store = SqliteMailstore(data_dir)
+    except StartupError:
+        raise
+    except OSError as exc:
+        raise StartupError(f"cannot use data directory {data_dir}: {exc.strerror}") from None
+    except Exception as exc:
+        raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
+    if not store.list_domains():
+        store.add_domain(DEFAULT_DOMAIN)
+    return store
+
+
+@dataclass
+class App:
+    config: Config
+    store: SqliteMailstore | None = None
+    hub: Hub = field(default_factory=Hub)
+    servers: dict[str, asyncio.AbstractServer] = field(default_factory=dict)
+    addresses: dict[str, Address] = field(default_factory=dict)
+    created_certificate: bool = False
+    _stopped: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.store = store = open_store(cfg.data_dir)
+        self.hub.bind(asyncio.get_running_loop())
+        store.set_publisher(self.hub.publish)
+        try:
+            self.created_certificate = ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.hostname)
+            tls = server_context(cfg.cert_path, cfg.key_path)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise StartupError(f"cannot load TLS certificate {cfg.cert_path}: {exc}") from None
+        delivery = LocalDelivery(
+            store,
+            DeliverySettings(
+                hostname=cfg.hostname,
+                quota_temporary=cfg.quota_temporary,
+                max_message_size=cfg.max_message_size,
+            ),
+            structure=structure_json,
+        )
+        auth = Authenticator(store.password_hash)
+        pop3_backend = StorePop3Backend(store, self.hub, auth)
+        loop = asyncio.get_running_loop()
+        ls = cfg.listeners
+        try:
+            for name, addr, lmtp in (("smtp", ls.smtp, False), ("lmtp", ls.lmtp, True)):
+                if addr is None:
+                    continue
+                factory = make_smtp_factory(
+                    delivery,
+                    hostname=cfg.hostname,
+                    tls_context=tls,
+                    data_size_limit=cfg.max_message_size,
+                    lmtp=lmtp,
+                    timeout=cfg.smtp_timeout,
+                )
+                await self._listen(name, addr, loop.create_server(factory, *addr))
+            for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
+                if addr is None:
+                    continue
+                settings = Pop3Settings(
+                    hostname=cfg.hostname,
+                    tls_available=True,
+                    allow_plaintext=cfg.allow_plaintext,
+                    allow_plaintext_on_loopback=cfg.allow_plaintext_on_loopback,
+                    autologout=cfg.pop3_autologout,
+                )
+                await self._listen(
+                    name,
+                    addr,
+                    start_pop3_server(
+                        pop3_backend,
+                        settings,
+                        addr[0],
+                        addr[1],
+                        ssl_context=tls,
+                        implicit_tls=implicit,
+                    ),
+                )
+        except BaseException:
+            await self.stop()
+            raise
+        self._stopped = asyncio.Event()
+
+    async def _listen(self, name: str, addr: Address, coro: object) -> None:
+        try:
+            server = await coro  # type: ignore[misc]
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "address already in use"
+            elif exc.errno == errno.EACCES:
+                why = "permission denied"
+            else:
+                why = exc.strerror or str(exc)
+            raise StartupError(
+                f"cannot listen on {addr[0]}:{addr[1]} for {name}: {why}"
+                f" (set POSTFACH_{name.upper()}=HOST:PORT or off)"
+            ) from None
+        self.servers[name] = server
+        sock = server.sockets[0].getsockname()
+        self.addresses[name] = (sock[0], sock[1])
+        log.info("event=listening service=%s address=%s:%d", name, sock[0], sock[1])
+
+    async def serve_forever(self) -> None:
+        assert self._stopped is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopped.set)
+        await self._stopped.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        for server in self.servers.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), timeout=5)
+        self.servers.clear()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def check_config(cfg: Config) -> None:
+    if not cfg.hostname:
+        raise ConfigError("hostname must not be empty")

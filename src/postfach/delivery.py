@@ -1,0 +1,196 @@
+"""Local delivery as a transaction: start -> add_rcpt -> deliver (services ring).
+
+The SMTP and LMTP handlers only translate their hooks into this and `SmtpError` into replies.
+Quota is checked twice: at RCPT (the account is already full, or the size the client declared
+with ``SIZE=`` would not fit) so the client gets a per-recipient answer early, and again inside
+the store's write transaction, which is the authority: two deliveries racing for the last bytes
+of a mailbox can never both fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from postfach.errors import DiskFull, SmtpError
+from postfach.mime.structure import normalize_crlf
+from postfach.store.api import Account
+from postfach.store.sqlite import SqliteMailstore, StagedBlob
+
+log = logging.getLogger(__name__)
+
+# An address we can deliver to: local part and domain, no source routes, no %-hacks or
+# !-paths (RFC 5321 §3.6: we are no relay, and such syntax must not smuggle relaying in).
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"%!]+@[A-Za-z0-9.-]+$")
+_QUOTED_LOCAL = re.compile(r'^"[^"\\]*"@')
+
+# SMTP smuggling (CVE-2023-51764 family): a bare LF or CR next to a dot line would end the
+# message for some MTAs and not others. Current MTAs refuse such data; so do we.
+_SMUGGLE = re.compile(rb"(?:(?<!\r)\n|\r(?!\n))\.(?:\r?\n|\r)|\r\n\.(?:\n|\r(?!\n))")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    hostname: str
+    quota_temporary: bool = False  # 452 4.2.2 instead of 552 5.2.2
+    max_recipients: int = 1000
+    max_message_size: int = 50 * 1024 * 1024
+
+
+def mailbox_full(settings: DeliverySettings, address: str) -> SmtpError:
+    if settings.quota_temporary:
+        return SmtpError(452, "4.2.2", f"Mailbox full: <{address}> is over quota, try later")
+    return SmtpError(552, "5.2.2", f"Mailbox full: <{address}> is over quota")
+
+
+def validate_address(address: str) -> tuple[str, str]:
+    """Split and check a recipient address; SmtpError 501/553 when it is not one we route."""
+    if not address:
+        raise SmtpError(553, "5.1.3", "Empty recipient address")
+    if _QUOTED_LOCAL.match(address) or not _ADDRESS.match(address):
+        raise SmtpError(553, "5.1.3", f"Address <{address}> not accepted here")
+    local, _, domain = address.rpartition("@")
+    return local, domain.lower().rstrip(".")
+
+
+def has_smuggling(data: bytes) -> bool:
+    return _SMUGGLE.search(data) is not None
+
+
+@dataclass(slots=True)
+class Recipient:
+    address: str
+    accounts: list[Account]
+
+
+@dataclass(slots=True)
+class RcptOutcome:
+    address: str
+    error: SmtpError | None = None
+
+
+@dataclass(slots=True)
+class DeliveryTxn:
+    """One SMTP/LMTP transaction's local delivery. Nothing is stored before `deliver`."""
+
+    service: LocalDelivery
+    mail_from: str
+    helo: str
+    peer_ip: str
+    protocol: str
+    declared_size: int | None
+    recipients: list[Recipient] = field(default_factory=list)
+
+    def add_rcpt(self, address: str) -> None:
+        """Accept a recipient or raise the SmtpError to answer RCPT with."""
+        s = self.service
+        if len(self.recipients) >= s.settings.max_recipients:
+            raise SmtpError(452, "4.5.3", "Too many recipients")
+        _local, domain = validate_address(address)
+        if not s.store.is_local_domain(domain):
+            raise SmtpError(554, "5.7.1", f"Relay access denied for <{address}>")
+        names = s.store.resolve(address)
+        if not names:
+            raise SmtpError(550, "5.1.1", f"No such user here: <{address}>")
+        accounts: list[Account] = []
+        for name in names:
+            acc = s.store.get_account(name)
+            if acc is None:
+                continue
+            if acc.is_full or (
+                self.declared_size is not None and acc.would_exceed(self.declared_size)
+            ):
+                raise mailbox_full(s.settings, address)
+            accounts.append(acc)
+        if not accounts:
+            raise SmtpError(550, "5.1.1", f"No such user here: <{address}>")
+        self.recipients.append(Recipient(address, accounts))
+
+    async def deliver(self, data: bytes) -> list[RcptOutcome]:
+        """Store the message for every recipient; one outcome per recipient, in order."""
+        s = self.service
+        if has_smuggling(data):
+            raise SmtpError(550, "5.5.2", "Message refused: bare CR or LF next to a dot line")
+        message = s.trace_headers(self) + normalize_crlf(data)
+        if len(message) > s.settings.max_message_size:
+            raise SmtpError(552, "5.3.4", "Message too big for this system")
+        loop = asyncio.get_running_loop()
+        try:
+            blob = await loop.run_in_executor(None, s.prepare, message)
+        except DiskFull as exc:
+            raise SmtpError(452, "4.3.1", "Insufficient system storage") from exc
+        ids: list[int] = []
+        for r in self.recipients:
+            for acc in r.accounts:
+                if acc.id not in ids:
+                    ids.append(acc.id)
+        try:
+            results = await s.store.adeliver(ids, blob, int(time.time()))
+        except DiskFull as exc:
+            s.store.discard(blob)
+            raise SmtpError(452, "4.3.1", "Insufficient system storage") from exc
+        except BaseException:
+            s.store.discard(blob)
+            raise
+        refused = {res.account for res in results if res.over_quota}
+        outcomes: list[RcptOutcome] = []
+        for r in self.recipients:
+            if any(acc.name in refused for acc in r.accounts):
+                # Part of an alias expansion may have been stored; the sender still learns
+                # that this address could not take the message.
+                outcomes.append(RcptOutcome(r.address, mailbox_full(s.settings, r.address)))
+            else:
+                outcomes.append(RcptOutcome(r.address))
+        stored = sum(1 for res in results if res.message is not None)
+        log.info(
+            "event=delivered from=<%s> rcpts=%d stored=%d refused=%d size=%d",
+            self.mail_from[:200], len(self.recipients), stored, len(refused), blob.size,
+        )  # fmt: skip
+        return outcomes
+
+
+class LocalDelivery:
+    def __init__(
+        self,
+        store: SqliteMailstore,
+        settings: DeliverySettings,
+        structure: Callable[[bytes], str | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._structure = structure
+
+    def start(
+        self,
+        mail_from: str,
+        *,
+        helo: str = "",
+        peer_ip: str = "",
+        protocol: str = "ESMTP",
+        declared_size: int | None = None,
+    ) -> DeliveryTxn:
+        return DeliveryTxn(self, mail_from, helo, peer_ip, protocol, declared_size)
+
+    def prepare(self, message: bytes) -> StagedBlob:
+        """Parse and stage the message bytes (runs in a worker thread)."""
+        structure = self._structure(message) if self._structure else None
+        return self.store.stage(message, structure)
+
+    def trace_headers(self, txn: DeliveryTxn) -> bytes:
+        """Return-Path and Received (RFC 5321 §4.4), shared by every recipient's copy."""
+        queue_id = secrets.token_hex(6)
+        date = email.utils.formatdate(localtime=False, usegmt=True)
+        helo = re.sub(r"[^\x21-\x7e]", "?", txn.helo)[:255] or "unknown"
+        received = (
+            f"Received: from {helo} ([{txn.peer_ip}])\r\n"
+            f"\tby {self.settings.hostname} (postfach) with {txn.protocol} id {queue_id};\r\n"
+            f"\t{date}\r\n"
+        )
+        sender = txn.mail_from.replace("\r", "").replace("\n", "")
+        return f"Return-Path: <{sender}>\r\n{received}".encode("utf-8", "surrogateescape")

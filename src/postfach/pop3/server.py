@@ -1,0 +1,362 @@
+"""POP3 over TCP with asyncio (adapter ring).
+
+One task per connection drives a ``Pop3Session``. The transport is handled through a plain
+``asyncio.Protocol`` rather than streams so that STLS can be done safely: when the client says
+STLS, every byte it pipelined after the command is thrown away, and ``loop.start_tls`` swaps the
+transport's protocol before the event loop reads anything more, so no plaintext can end up being
+taken for data sent under TLS (RFC 2595, "STARTTLS command injection").
+
+Log lines are ``key=value`` with a per-connection id; passwords and SASL data never appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import ssl
+from typing import Any, Final
+
+from postfach.pop3.session import Pop3Backend, Pop3Session, Pop3Settings, is_loopback_address
+
+__all__ = ["Pop3Server", "start_pop3_server"]
+
+log = logging.getLogger("postfach.pop3")
+
+_READ_HIGH_WATER: Final = 64 * 1024  # stop reading from a client that sends faster than we parse
+_WRITE_HIGH_WATER: Final = 256 * 1024  # wait for the client to read before processing more
+_CLOSE_TIMEOUT: Final = 5.0  # how long a graceful close (TLS shutdown, flush) may take
+
+
+class _Connection(asyncio.Protocol):
+    """Buffers bytes in, offers awaitable read/drain, and runs the session in its own task."""
+
+    def __init__(self, server: Pop3Server) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._inbuf = bytearray()
+        self._reading_paused = False
+        self._eof = False
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.conn_id = secrets.token_hex(4)
+        self.task: asyncio.Task[None] | None = None
+
+    # ---- asyncio.Protocol callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.task = self._loop.create_task(self._run())
+        self._server._track(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._inbuf += data
+        if len(self._inbuf) > _READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._wake_reader()
+        # Keep a plain TCP connection half-open so replies to the last commands still go out;
+        # the task closes it. (TLS transports cannot do half-close and ignore the answer.)
+        tls = self._transport is not None and self._transport.get_extra_info("sslcontext")
+        return None if tls else True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+
+    # ---- awaitable I/O -----------------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        if self._data_waiter is not None and not self._data_waiter.done():
+            self._data_waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def _read(self) -> bytes:
+        """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone."""
+        while not self._inbuf and not self._eof and not self._lost.done():
+            self._data_waiter = self._loop.create_future()
+            try:
+                await self._data_waiter
+            finally:
+                self._data_waiter = None
+        data = bytes(self._inbuf)
+        self._inbuf.clear()
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return data
+
+    def _write(self, chunks: tuple[bytes, ...]) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        for chunk in chunks:
+            if chunk:
+                self._transport.write(chunk)
+
+    async def _drain(self) -> None:
+        while self._write_paused:
+            if self._lost.done():
+                raise ConnectionResetError("connection lost")
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self._lost.done():
+            raise ConnectionResetError("connection lost")
+
+    def _needs_drain(self) -> bool:
+        t = self._transport
+        return self._write_paused or (
+            t is not None and t.get_write_buffer_size() > _WRITE_HIGH_WATER
+        )
+
+    # ---- the conversation --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        srv = self._server
+        settings = srv.settings
+        transport = self._transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername")
+        remote_ip, remote_port = (str(peer[0]), peer[1]) if peer else ("", 0)
+        tls = transport.get_extra_info("sslcontext") is not None
+        session = Pop3Session(
+            srv.backend,
+            settings,
+            remote_ip=remote_ip,
+            is_loopback=is_loopback_address(remote_ip),
+            tls_active=tls,
+            conn_id=self.conn_id,
+        )
+        log.info(
+            "conn=%s event=connect remote=%s port=%s tls=%s",
+            self.conn_id,
+            remote_ip,
+            remote_port,
+            "implicit" if tls else "no",
+        )
+        reason = "quit"
+        try:
+            self._write((session.greeting(),))
+            while True:
+                try:
+                    async with asyncio.timeout(settings.idle_timeout):
+                        data = await self._read()
+                except TimeoutError:
+                    reason = "autologout"
+                    self._write((session.autologout(),))
+                    break
+                if not data:
+                    reason = "disconnect"
+                    break
+                session.receive_data(data)
+                while (reply := await session.next_reply()) is not None:
+                    self._write(reply.chunks)
+                    if reply.start_tls:
+                        await self._start_tls(session)
+                        break
+                    if self._needs_drain():
+                        async with asyncio.timeout(settings.idle_timeout):
+                            await self._drain()
+                if session.closing:
+                    reason = "closed"
+                    break
+                async with asyncio.timeout(settings.idle_timeout):
+                    await self._drain()
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
+        except TimeoutError:
+            reason = "write-timeout"
+        except (ConnectionError, ssl.SSLError) as exc:
+            reason = f"error:{type(exc).__name__}"
+        except Exception:
+            reason = "internal-error"
+            log.exception("conn=%s event=connection-error", self.conn_id)
+        finally:
+            try:
+                await session.close()  # releases the maildrop lock; never commits
+            finally:
+                await self._close_transport()
+                log.info(
+                    "conn=%s event=disconnect reason=%s account=%r",
+                    self.conn_id,
+                    reason,
+                    session.account,
+                )
+
+    async def _start_tls(self, session: Pop3Session) -> None:
+        """Upgrade after ``+OK`` to STLS. Must not yield before ``loop.start_tls`` runs."""
+        ctx = self._server.ssl_context
+        transport = self._transport
+        assert ctx is not None and transport is not None
+        self._inbuf.clear()  # plaintext pipelined after STLS: injection attempt or junk
+        new_transport = await self._loop.start_tls(
+            transport,
+            self,
+            ctx,
+            server_side=True,
+            ssl_handshake_timeout=min(60.0, self._server.settings.idle_timeout),
+        )
+        if new_transport is None:  # pragma: no cover - only on a closed transport
+            raise ConnectionResetError("connection closed during TLS handshake")
+        self._transport = new_transport
+        self._reading_paused = False
+        self._inbuf.clear()
+        session.tls_started()
+        log.info(
+            "conn=%s event=stls version=%s cipher=%s",
+            self.conn_id,
+            new_transport.get_extra_info("ssl_object").version(),
+            (new_transport.get_extra_info("cipher") or ("?",))[0],
+        )
+
+    async def _close_transport(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.close()  # flushes what is buffered, TLS close_notify included
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            transport.abort()
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+
+    def shutdown(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class Pop3Server:
+    """A POP3 listener. ``ssl_context`` enables STLS, or with ``implicit_tls`` the POP3S variant
+    (RFC 8314) where TLS starts at connect time."""
+
+    def __init__(
+        self,
+        backend: Pop3Backend,
+        settings: Pop3Settings,
+        host: str | list[str] | None = "127.0.0.1",
+        port: int = 110,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+    ) -> None:
+        if implicit_tls and ssl_context is None:
+            raise ValueError("implicit_tls needs an ssl_context")
+        self.backend = backend
+        # STLS is on offer exactly when there is a context and the port is not TLS already.
+        self.settings = dataclasses.replace(
+            settings, tls_available=ssl_context is not None and not implicit_tls
+        )
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.implicit_tls = implicit_tls
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    def _track(self, conn: _Connection) -> None:
+        self._connections.add(conn)
+        if conn.task is not None:
+            conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("already started")
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if self.implicit_tls:
+            kwargs["ssl"] = self.ssl_context
+            kwargs["ssl_handshake_timeout"] = min(60.0, self.settings.idle_timeout)
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, **kwargs
+        )
+        log.info(
+            "event=listen addresses=%s tls=%s",
+            ",".join(f"{a[0]}:{a[1]}" for a in self.addresses),
+            "implicit" if self.implicit_tls else ("stls" if self.ssl_context else "no"),
+        )
+
+    @property
+    def addresses(self) -> list[tuple[Any, ...]]:
+        if self._server is None:
+            return []
+        return [tuple(s.getsockname()) for s in self._server.sockets]
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("not listening")
+        return int(addresses[0][1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def close(self) -> None:
+        """Stop listening and end every connection (locks released, nothing committed)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+
+    async def wait_closed(self) -> None:
+        tasks = [c.task for c in list(self._connections) if c.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Pop3Server:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_pop3_server(
+    backend: Pop3Backend,
+    settings: Pop3Settings,
+    host: str | list[str] | None = "127.0.0.1",
+    port: int = 110,
+    ssl_context: ssl.SSLContext | None = None,
+    implicit_tls: bool = False,
+) -> Pop3Server:
+    """Create and start a Pop3Server; stop it with ``close()`` and ``await wait_closed()``."""
+    server = Pop3Server(
+        backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
+    )
+    await server.start()
+    return server

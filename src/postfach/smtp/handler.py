@@ -1,0 +1,177 @@
+"""Inbound SMTP (MX role) and LMTP: aiosmtpd hooks translated into a delivery transaction.
+
+aiosmtpd owns the protocol; this module only maps its hooks onto `DeliveryTxn` and `SmtpError`
+onto reply lines (the one place where SMTP errors become bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from postfach.delivery import DeliveryTxn, LocalDelivery
+from postfach.errors import SmtpError
+
+log = logging.getLogger(__name__)
+
+S250_OK = "250 2.0.0 OK"
+S250_SENDER_OK = "250 2.1.0 Sender OK"
+S250_RCPT_OK = "250 2.1.5 Recipient OK"
+S451_LOCAL_ERROR = "451 4.3.0 Local error, try again later"
+S503_MAIL_FIRST = "503 5.5.1 Error: need MAIL command"
+
+
+def _txn(envelope: Envelope) -> DeliveryTxn | None:
+    txn: DeliveryTxn | None = getattr(envelope, "postfach_txn", None)
+    return txn
+
+
+class InboundHandler:
+    """aiosmtpd handler for the MX listener; also used by LMTP (per-recipient DATA replies)."""
+
+    def __init__(self, delivery: LocalDelivery, *, lmtp: bool = False) -> None:
+        self.delivery = delivery
+        self.lmtp = lmtp
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd handles pipelined commands; advertise it, and the enhanced codes we send.
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return [*responses[:-1], *extra, responses[-1]]
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        declared: int | None = None
+        for opt in mail_options:
+            key, _, value = opt.partition("=")
+            if key.upper() == "SIZE" and value.isdigit():
+                declared = int(value)
+        peer = session.peer
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if self.lmtp:
+            protocol = "LMTP"
+        elif not session.extended_smtp:
+            protocol = "SMTP"
+        else:
+            protocol = "ESMTPS" if session.ssl else "ESMTP"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.postfach_txn = self.delivery.start(  # type: ignore[attr-defined]
+            address,
+            helo=session.host_name or "",
+            peer_ip=peer_ip,
+            protocol=protocol,
+            declared_size=declared,
+        )
+        return S250_SENDER_OK
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        txn = _txn(envelope)
+        if txn is None:
+            return S503_MAIL_FIRST
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, txn.add_rcpt, address)
+        except SmtpError as exc:
+            log.info("event=rcpt_refused rcpt=<%s> reply=%r", address[:200], exc.reply())
+            return exc.reply()
+        except Exception:
+            log.exception("event=rcpt_failed rcpt=<%s>", address[:200])
+            return S451_LOCAL_ERROR
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return S250_RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        txn = _txn(envelope)
+        if txn is None or not txn.recipients:
+            return "503 5.5.1 Error: need RCPT command"
+        data = envelope.original_content or b""
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        try:
+            outcomes = await txn.deliver(data)
+        except SmtpError as exc:
+            log.info("event=data_refused reply=%r", exc.reply())
+            if self.lmtp:
+                return "\r\n".join(exc.reply() for _ in txn.recipients)
+            return exc.reply()
+        except Exception:
+            log.exception("event=data_failed")
+            if self.lmtp:
+                return "\r\n".join(S451_LOCAL_ERROR for _ in txn.recipients)
+            return S451_LOCAL_ERROR
+        if self.lmtp:
+            # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
+            return "\r\n".join(
+                o.error.reply() if o.error else f"250 2.0.0 <{o.address}> delivered"
+                for o in outcomes
+            )
+        failed = [o for o in outcomes if o.error is not None]
+        if not failed:
+            return S250_OK
+        if len(failed) == len(outcomes):
+            # Every recipient refused for the same reason class: tell the client with the first.
+            err = failed[0].error
+            assert err is not None
+            return err.reply()
+        # Mixed: the message is stored for some recipients, so the transaction must succeed;
+        # the refused ones are named in the log (bounces come with the outbound queue).
+        log.warning(
+            "event=partial_delivery refused=%s",
+            ",".join(f"<{o.address}>" for o in failed)[:500],
+        )
+        return S250_OK
+
+
+def make_smtp_factory(
+    delivery: LocalDelivery,
+    *,
+    hostname: str,
+    tls_context: ssl.SSLContext | None,
+    data_size_limit: int,
+    lmtp: bool = False,
+    timeout: float = 300,
+) -> Any:
+    """A protocol factory for ``loop.create_server`` (one aiosmtpd protocol per connection)."""
+    handler = InboundHandler(delivery, lmtp=lmtp)
+
+    def factory() -> SMTP:
+        cls = LMTP if lmtp else SMTP
+        return cls(
+            handler,
+            hostname=hostname,
+            ident="postfach ESMTP",
+            data_size_limit=data_size_limit,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=None if lmtp else tls_context,
+            timeout=timeout,
+            auth_require_tls=True,
+        )
+
+    return factory

@@ -1,0 +1,954 @@
+"""The embedded store: one SQLite database in WAL mode plus content-addressed blob files.
+
+Concurrency rules (read these before changing anything here):
+
+* Exactly one thread writes: ``_Writer``. Every write is a function ``op(conn, batch, *args)``
+  queued to it. The writer takes whatever has queued up (up to ``batch_max``), runs each op inside
+  its own SAVEPOINT of one ``BEGIN IMMEDIATE`` transaction, and COMMITs once with
+  ``synchronous=FULL`` (one fsync of the WAL for the whole group: group commit). An op that raises
+  is rolled back alone; the others still commit.
+* Only after COMMIT returned are the ops' `Change` events published (in commit order) and then
+  their futures resolved. So a caller that answers a client once its future resolved never answers
+  before the data is durable, and every session was told before the client could ask.
+* Readers use one connection per thread and never wait for the writer (WAL snapshots).
+* Blob files: a large message is written by the caller to ``blobs/tmp`` and fsynced; the writer
+  renames it into ``blobs/ab/cd/<sha256>`` inside the op and fsyncs the directory before COMMIT.
+  Only the writer thread creates or removes final blob paths, so a blob being freed and the same
+  blob arriving again can never race. Files whose last reference went away are unlinked after the
+  COMMIT that dropped the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, ParamSpec, TypeVar
+
+from postfach.errors import AlreadyExists, DiskFull, NotFound, StoreError
+from postfach.store.api import (
+    DEFAULT_MAILBOXES,
+    INBOX,
+    Account,
+    Alias,
+    Change,
+    CheckReport,
+    DeliveryResult,
+    Domain,
+    Flag,
+    Mailbox,
+    MailboxesChanged,
+    MessageAdded,
+    MessageMeta,
+    MessagesExpunged,
+    Publisher,
+)
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DB_NAME: Final = "postfach.db"
+INLINE_MAX_DEFAULT: Final = 64 * 1024
+MAX_ALIAS_DEPTH: Final = 8
+
+# Schema migrations, applied in order; PRAGMA user_version counts how many ran. Never edit an
+# entry once released: add a new one.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE domains (
+        name TEXT PRIMARY KEY,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        domain TEXT NOT NULL REFERENCES domains(name),
+        password TEXT NOT NULL,
+        quota_bytes INTEGER NOT NULL DEFAULT 0,
+        quota_messages INTEGER NOT NULL DEFAULT 0,
+        used_bytes INTEGER NOT NULL DEFAULT 0,
+        used_messages INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE aliases (
+        address TEXT NOT NULL,
+        target TEXT NOT NULL,
+        PRIMARY KEY (address, target)
+    );
+    CREATE TABLE mailboxes (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        name TEXT NOT NULL,
+        special_use TEXT,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL DEFAULT 1,
+        highestmodseq INTEGER NOT NULL DEFAULT 1,
+        subscribed INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (account_id, name)
+    );
+    CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL,
+        data BLOB,
+        structure TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id),
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        flags INTEGER NOT NULL DEFAULT 0,
+        keywords TEXT NOT NULL DEFAULT '',
+        internal_date INTEGER NOT NULL,
+        save_date INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        blob TEXT NOT NULL REFERENCES blobs(sha256),
+        UNIQUE (mailbox_id, uid)
+    );
+    CREATE TABLE expunged (
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_blob ON messages(blob);
+    CREATE INDEX mailboxes_account ON mailboxes(account_id);
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """Message bytes prepared for storage outside the writer: hashed, and large ones on disk."""
+
+    sha256: str
+    size: int
+    data: bytes | None  # inline (small) blobs
+    tmp_path: Path | None  # large blobs: fsynced temp file the writer renames into place
+    structure: str | None  # parsed MIME structure (JSON) for IMAP
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What the ops of one group commit leave for after COMMIT."""
+
+    changes: list[Change] = field(default_factory=list)
+    unlink: set[Path] = field(default_factory=set)
+    fsync_dirs: set[Path] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: concurrent.futures.Future[Any]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class SqliteMailstore:
+    """The Mailstore over SQLite (see module docstring for the concurrency rules)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        publish: Publisher | None = None,
+        inline_max: int = INLINE_MAX_DEFAULT,
+        batch_max: int = 512,
+    ) -> None:
+        self.directory = Path(directory)
+        self.db_path = self.directory / DB_NAME
+        self.blob_dir = self.directory / "blobs"
+        self.tmp_dir = self.blob_dir / "tmp"
+        self.inline_max = inline_max
+        self._batch_max = batch_max
+        self._publish = publish
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        wconn = _connect(self.db_path)
+        self._migrate(wconn)
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._closed = False
+        self._writer = threading.Thread(
+            target=self._writer_loop, args=(wconn,), name="postfach-writer", daemon=True
+        )
+        self._writer.start()
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    def set_publisher(self, publish: Publisher | None) -> None:
+        self._publish = publish
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"database schema version {version} is newer than this postfach "
+                f"(knows {len(MIGRATIONS)}); upgrade postfach"
+            )
+        for i in range(version, len(MIGRATIONS)):
+            # executescript runs the whole step, version bump included, as one transaction.
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;"
+                )
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.db_path)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """Queue a write op; the future resolves after its group commit (or with its error)."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._closed:
+            fut.set_exception(StoreError("store is closed"))
+            return fut
+        self._queue.put(_Op(fn, args, fut))
+        return fut
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.submit(fn, *args).result()
+
+    async def awrite(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            ops = [first]
+            while len(ops) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                ops.append(nxt)
+            self._run_batch(conn, ops)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        batch = _Batch()
+        outcomes: list[tuple[_Op, Any, BaseException | None, int]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            err = DiskFull(str(exc)) if _is_disk_full(exc) else exc
+            for op in ops:
+                op.future.set_exception(err)
+            return
+        for op in ops:
+            mark = len(batch.changes)
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op.fn(conn, batch, *op.args)
+            except BaseException as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                del batch.changes[mark:]
+                err = DiskFull(str(exc)) if _is_disk_full(exc) else exc
+                outcomes.append((op, None, err, mark))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((op, result, None, mark))
+        try:
+            for d in batch.fsync_dirs:
+                _fsync_dir(d)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = DiskFull(str(exc)) if _is_disk_full(exc) else exc
+            log.error("event=commit_failed ops=%d error=%r", len(ops), exc)
+            for op, _r, _e, _m in outcomes:
+                op.future.set_exception(err)
+            return
+        for path in batch.unlink:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if batch.changes and self._publish is not None:
+            try:
+                self._publish(batch.changes)
+            except Exception:
+                log.exception("event=publish_failed")
+        for op, result, error, _m in outcomes:
+            if error is not None:
+                op.future.set_exception(error)
+            else:
+                op.future.set_result(result)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        with self._readers_lock:
+            for c in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            self._readers.clear()
+
+    # ---- blobs --------------------------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
+
+    def stage(self, data: bytes, structure: str | None = None) -> StagedBlob:
+        """Hash the message and, if large, write it to a fsynced temp file (caller's thread)."""
+        sha = hashlib.sha256(data).hexdigest()
+        if len(data) <= self.inline_max:
+            return StagedBlob(sha, len(data), data, None, structure)
+        tmp = self.tmp_dir / f"{sha}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if _is_disk_full(exc):
+                raise DiskFull(str(exc)) from exc
+            raise
+        return StagedBlob(sha, len(data), None, tmp, structure)
+
+    def discard(self, blob: StagedBlob) -> None:
+        """Remove a staged temp file that will not be stored."""
+        if blob.tmp_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                blob.tmp_path.unlink()
+
+    def _ref_blob(self, conn: sqlite3.Connection, batch: _Batch, blob: StagedBlob, n: int) -> None:
+        row = conn.execute("SELECT refs FROM blobs WHERE sha256=?", (blob.sha256,)).fetchone()
+        if row is not None:
+            conn.execute("UPDATE blobs SET refs=refs+? WHERE sha256=?", (n, blob.sha256))
+            final = self.blob_path(blob.sha256)
+            if row[0] == 0 or final in batch.unlink:
+                # Freed earlier in this batch, or a leftover row: make sure the file is there.
+                batch.unlink.discard(final)
+                self._place_file(batch, blob)
+            elif blob.tmp_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    blob.tmp_path.unlink()
+            return
+        self._place_file(batch, blob)
+        conn.execute(
+            "INSERT INTO blobs(sha256, size, refs, data, structure) VALUES (?,?,?,?,?)",
+            (blob.sha256, blob.size, n, blob.data, blob.structure),
+        )
+
+    def _place_file(self, batch: _Batch, blob: StagedBlob) -> None:
+        if blob.tmp_path is None:
+            return
+        final = self.blob_path(blob.sha256)
+        if final.exists():
+            with contextlib.suppress(FileNotFoundError):
+                blob.tmp_path.unlink()
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(blob.tmp_path, final)
+        batch.fsync_dirs.add(final.parent)
+        batch.fsync_dirs.add(final.parent.parent)
+
+    def _unref_blob(self, conn: sqlite3.Connection, batch: _Batch, sha: str, n: int = 1) -> None:
+        row = conn.execute("SELECT refs, data IS NULL FROM blobs WHERE sha256=?", (sha,)).fetchone()
+        if row is None:
+            return
+        refs, is_file = row
+        if refs - n > 0:
+            conn.execute("UPDATE blobs SET refs=refs-? WHERE sha256=?", (n, sha))
+            return
+        conn.execute("DELETE FROM blobs WHERE sha256=?", (sha,))
+        if is_file:
+            batch.unlink.add(self.blob_path(sha))
+
+    def read_blob(self, sha256: str) -> bytes:
+        row = self._reader().execute("SELECT data FROM blobs WHERE sha256=?", (sha256,)).fetchone()
+        if row is None:
+            raise NotFound(f"blob {sha256}")
+        if row[0] is not None:
+            return bytes(row[0])
+        return self.blob_path(sha256).read_bytes()
+
+    def blob_structure(self, sha256: str) -> str | None:
+        row = (
+            self._reader()
+            .execute("SELECT structure FROM blobs WHERE sha256=?", (sha256,))
+            .fetchone()
+        )
+        return None if row is None else row[0]
+
+    # ---- domains ------------------------------------------------------------------------------
+
+    def add_domain(self, name: str) -> Domain:
+        return self._write(self._op_add_domain, name.lower())
+
+    @staticmethod
+    def _op_add_domain(conn: sqlite3.Connection, batch: _Batch, name: str) -> Domain:
+        if conn.execute("SELECT 1 FROM domains WHERE name=?", (name,)).fetchone():
+            raise AlreadyExists(f"domain {name} exists already")
+        conn.execute("INSERT INTO domains(name, created) VALUES (?, ?)", (name, int(time.time())))
+        return Domain(name)
+
+    def list_domains(self) -> list[Domain]:
+        rows = self._reader().execute("SELECT name FROM domains ORDER BY name").fetchall()
+        return [Domain(r[0]) for r in rows]
+
+    def is_local_domain(self, name: str) -> bool:
+        row = self._reader().execute("SELECT 1 FROM domains WHERE name=?", (name.lower(),))
+        return row.fetchone() is not None
+
+    def delete_domain(self, name: str) -> None:
+        self._write(self._op_delete_domain, name.lower())
+
+    @staticmethod
+    def _op_delete_domain(conn: sqlite3.Connection, batch: _Batch, name: str) -> None:
+        if not conn.execute("SELECT 1 FROM domains WHERE name=?", (name,)).fetchone():
+            raise NotFound(f"no domain {name}")
+        (n,) = conn.execute("SELECT count(*) FROM accounts WHERE domain=?", (name,)).fetchone()
+        if n:
+            raise StoreError(f"domain {name} still has {n} account(s); delete them first")
+        conn.execute("DELETE FROM aliases WHERE address LIKE ?", ("%@" + name,))
+        conn.execute("DELETE FROM domains WHERE name=?", (name,))
+
+    # ---- accounts -----------------------------------------------------------------------------
+
+    _ACCOUNT_COLS: Final = "id, name, quota_bytes, quota_messages, used_bytes, used_messages"
+
+    def add_account(
+        self, name: str, password_hash: str, quota_bytes: int = 0, quota_messages: int = 0
+    ) -> Account:
+        return self._write(
+            self._op_add_account, name.lower(), password_hash, quota_bytes, quota_messages
+        )
+
+    def _op_add_account(
+        self,
+        conn: sqlite3.Connection,
+        batch: _Batch,
+        name: str,
+        password_hash: str,
+        quota_bytes: int,
+        quota_messages: int,
+    ) -> Account:
+        local, at, domain = name.rpartition("@")
+        if not at or not local:
+            raise StoreError(f"not an address: {name!r} (use user@domain)")
+        if not conn.execute("SELECT 1 FROM domains WHERE name=?", (domain,)).fetchone():
+            raise NotFound(f"no domain {domain}; add it with: postfach domain add {domain}")
+        if conn.execute("SELECT 1 FROM accounts WHERE name=?", (name,)).fetchone():
+            raise AlreadyExists(f"account {name} exists already")
+        cur = conn.execute(
+            "INSERT INTO accounts(name, domain, password, quota_bytes, quota_messages, created)"
+            " VALUES (?,?,?,?,?,?)",
+            (name, domain, password_hash, quota_bytes, quota_messages, int(time.time())),
+        )
+        account_id = cur.lastrowid
+        assert account_id is not None
+        for mbox, special in DEFAULT_MAILBOXES:
+            self._create_mailbox(conn, account_id, mbox, special)
+        return Account(account_id, name, quota_bytes, quota_messages, 0, 0)
+
+    @staticmethod
+    def _new_uidvalidity(conn: sqlite3.Connection) -> int:
+        (top,) = conn.execute("SELECT coalesce(max(uidvalidity), 0) FROM mailboxes").fetchone()
+        return max(int(time.time()), top + 1) & 0xFFFFFFFF
+
+    def _create_mailbox(
+        self, conn: sqlite3.Connection, account_id: int, name: str, special: str | None
+    ) -> int:
+        cur = conn.execute(
+            "INSERT INTO mailboxes(account_id, name, special_use, uidvalidity) VALUES (?,?,?,?)",
+            (account_id, name, special, self._new_uidvalidity(conn)),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    @staticmethod
+    def _account(row: Sequence[Any]) -> Account:
+        return Account(*row)
+
+    def get_account(self, name: str) -> Account | None:
+        row = (
+            self._reader()
+            .execute(f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE name=?", (name.lower(),))
+            .fetchone()
+        )
+        return None if row is None else self._account(row)
+
+    def get_account_by_id(self, account_id: int) -> Account | None:
+        row = (
+            self._reader()
+            .execute(f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,))
+            .fetchone()
+        )
+        return None if row is None else self._account(row)
+
+    def list_accounts(self, domain: str | None = None) -> list[Account]:
+        sql = f"SELECT {self._ACCOUNT_COLS} FROM accounts"
+        args: tuple[str, ...] = ()
+        if domain:
+            sql += " WHERE domain=?"
+            args = (domain.lower(),)
+        rows = self._reader().execute(sql + " ORDER BY name", args).fetchall()
+        return [self._account(r) for r in rows]
+
+    def password_hash(self, name: str) -> str | None:
+        row = (
+            self._reader()
+            .execute("SELECT password FROM accounts WHERE name=?", (name.lower(),))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        self._write(self._op_set_password, name.lower(), password_hash)
+
+    @staticmethod
+    def _op_set_password(conn: sqlite3.Connection, batch: _Batch, name: str, pw: str) -> None:
+        if conn.execute("UPDATE accounts SET password=? WHERE name=?", (pw, name)).rowcount == 0:
+            raise NotFound(f"no account {name}")
+
+    def set_quota(self, name: str, quota_bytes: int, quota_messages: int) -> Account:
+        return self._write(self._op_set_quota, name.lower(), quota_bytes, quota_messages)
+
+    def _op_set_quota(
+        self, conn: sqlite3.Connection, batch: _Batch, name: str, qb: int, qm: int
+    ) -> Account:
+        cur = conn.execute(
+            "UPDATE accounts SET quota_bytes=?, quota_messages=? WHERE name=?", (qb, qm, name)
+        )
+        if cur.rowcount == 0:
+            raise NotFound(f"no account {name}")
+        row = conn.execute(
+            f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE name=?", (name,)
+        ).fetchone()
+        return self._account(row)
+
+    def delete_account(self, name: str) -> None:
+        self._write(self._op_delete_account, name.lower())
+
+    def _op_delete_account(self, conn: sqlite3.Connection, batch: _Batch, name: str) -> None:
+        row = conn.execute("SELECT id FROM accounts WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no account {name}")
+        account_id = row[0]
+        blobs = conn.execute(
+            "SELECT blob, count(*) FROM messages WHERE mailbox_id IN"
+            " (SELECT id FROM mailboxes WHERE account_id=?) GROUP BY blob",
+            (account_id,),
+        ).fetchall()
+        conn.execute(
+            "DELETE FROM messages WHERE mailbox_id IN"
+            " (SELECT id FROM mailboxes WHERE account_id=?)",
+            (account_id,),
+        )
+        conn.execute(
+            "DELETE FROM expunged WHERE mailbox_id IN"
+            " (SELECT id FROM mailboxes WHERE account_id=?)",
+            (account_id,),
+        )
+        for sha, n in blobs:
+            self._unref_blob(conn, batch, sha, n)
+        conn.execute("DELETE FROM mailboxes WHERE account_id=?", (account_id,))
+        conn.execute("DELETE FROM aliases WHERE target=?", (name,))
+        conn.execute("DELETE FROM accounts WHERE id=?", (account_id,))
+        batch.changes.append(MailboxesChanged(account_id))
+
+    # ---- aliases ------------------------------------------------------------------------------
+
+    def add_alias(self, address: str, target: str) -> None:
+        self._write(self._op_add_alias, address.lower(), target.lower())
+
+    @staticmethod
+    def _op_add_alias(conn: sqlite3.Connection, batch: _Batch, address: str, target: str) -> None:
+        local, at, domain = address.rpartition("@")
+        if not at or not domain:
+            raise StoreError(f"not an alias address: {address!r} (user@domain or @domain)")
+        if not conn.execute("SELECT 1 FROM domains WHERE name=?", (domain,)).fetchone():
+            raise NotFound(f"no domain {domain}; aliases are for local domains")
+        if local and conn.execute("SELECT 1 FROM accounts WHERE name=?", (address,)).fetchone():
+            raise AlreadyExists(f"{address} is an account; an alias cannot shadow it")
+        if "@" not in target or target.startswith("@"):
+            raise StoreError(f"alias target must be a full address: {target!r}")
+        if conn.execute(
+            "SELECT 1 FROM aliases WHERE address=? AND target=?", (address, target)
+        ).fetchone():
+            raise AlreadyExists(f"alias {address} -> {target} exists already")
+        conn.execute("INSERT INTO aliases(address, target) VALUES (?,?)", (address, target))
+
+    def delete_alias(self, address: str, target: str | None = None) -> None:
+        self._write(self._op_delete_alias, address.lower(), target.lower() if target else None)
+
+    @staticmethod
+    def _op_delete_alias(
+        conn: sqlite3.Connection, batch: _Batch, address: str, target: str | None
+    ) -> None:
+        if target is None:
+            cur = conn.execute("DELETE FROM aliases WHERE address=?", (address,))
+        else:
+            cur = conn.execute(
+                "DELETE FROM aliases WHERE address=? AND target=?", (address, target)
+            )
+        if cur.rowcount == 0:
+            raise NotFound(f"no alias {address}" + (f" -> {target}" if target else ""))
+
+    def list_aliases(self) -> list[Alias]:
+        rows = (
+            self._reader()
+            .execute("SELECT address, target FROM aliases ORDER BY address, target")
+            .fetchall()
+        )
+        grouped: dict[str, list[str]] = {}
+        for address, target in rows:
+            grouped.setdefault(address, []).append(target)
+        return [Alias(a, tuple(t)) for a, t in grouped.items()]
+
+    def resolve(self, address: str) -> list[str] | None:
+        """Expand an address of a local domain into the local accounts it reaches.
+
+        Exact accounts win over aliases, aliases over the domain's catch-all (``@domain``).
+        Returns None when nothing local matches (unknown user); alias targets outside local
+        domains are not followed (forwarding is the queue's job) and are left out.
+        """
+        conn = self._reader()
+        seen: set[str] = set()
+        found: list[str] = []
+
+        def walk(addr: str, depth: int) -> bool:
+            if depth > MAX_ALIAS_DEPTH or addr in seen:
+                return addr in seen
+            seen.add(addr)
+            if conn.execute("SELECT 1 FROM accounts WHERE name=?", (addr,)).fetchone():
+                if addr not in found:
+                    found.append(addr)
+                return True
+            targets = [
+                r[0] for r in conn.execute("SELECT target FROM aliases WHERE address=?", (addr,))
+            ]
+            if not targets:
+                domain = addr.rpartition("@")[2]
+                targets = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT target FROM aliases WHERE address=?", ("@" + domain,)
+                    )
+                ]
+            ok = False
+            for t in targets:
+                ok = walk(t, depth + 1) or ok
+            return ok
+
+        walk(address.lower(), 0)
+        return found or None
+
+    # ---- mailboxes ----------------------------------------------------------------------------
+
+    _MAILBOX_COLS: Final = (
+        "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed,"
+        " (SELECT count(*) FROM messages WHERE mailbox_id=mailboxes.id)"
+    )
+
+    @staticmethod
+    def _mailbox(row: Sequence[Any]) -> Mailbox:
+        return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
+
+    def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=? ORDER BY name",
+                (account_id,),
+            )
+            .fetchall()
+        )
+        return [self._mailbox(r) for r in rows]
+
+    def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        if name.upper() == INBOX:
+            name = INBOX
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=? AND name=?",
+                (account_id, name),
+            )
+            .fetchone()
+        )
+        return None if row is None else self._mailbox(row)
+
+    def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> int:
+        return self._write(self._op_create_mailbox, account_id, name, special_use)
+
+    def _op_create_mailbox(
+        self, conn: sqlite3.Connection, batch: _Batch, account_id: int, name: str, su: str | None
+    ) -> int:
+        if conn.execute(
+            "SELECT 1 FROM mailboxes WHERE account_id=? AND name=?", (account_id, name)
+        ).fetchone():
+            raise AlreadyExists(f"mailbox {name} exists already")
+        mid = self._create_mailbox(conn, account_id, name, su)
+        batch.changes.append(MailboxesChanged(account_id))
+        return mid
+
+    # ---- messages -----------------------------------------------------------------------------
+
+    _MESSAGE_COLS: Final = (
+        "id, mailbox_id, uid, modseq, flags, keywords, internal_date, save_date, size, blob"
+    )
+
+    @staticmethod
+    def _message(row: Sequence[Any]) -> MessageMeta:
+        kw = tuple(row[5].split()) if row[5] else ()
+        return MessageMeta(
+            row[0], row[1], row[2], row[3], Flag(row[4]), kw, row[6], row[7], row[8], row[9]
+        )
+
+    def list_messages(self, mailbox_id: int) -> list[MessageMeta]:
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {self._MESSAGE_COLS} FROM messages WHERE mailbox_id=? ORDER BY uid",
+                (mailbox_id,),
+            )
+            .fetchall()
+        )
+        return [self._message(r) for r in rows]
+
+    def deliver(
+        self,
+        account_ids: Sequence[int],
+        blob: StagedBlob,
+        internal_date: int,
+        mailbox: str = INBOX,
+        flags: Flag = Flag.NONE,
+    ) -> list[DeliveryResult]:
+        return self._write(self._op_deliver, account_ids, blob, internal_date, mailbox, flags)
+
+    async def adeliver(
+        self,
+        account_ids: Sequence[int],
+        blob: StagedBlob,
+        internal_date: int,
+        mailbox: str = INBOX,
+        flags: Flag = Flag.NONE,
+    ) -> list[DeliveryResult]:
+        return await self.awrite(self._op_deliver, account_ids, blob, internal_date, mailbox, flags)
+
+    def _op_deliver(
+        self,
+        conn: sqlite3.Connection,
+        batch: _Batch,
+        account_ids: Sequence[int],
+        blob: StagedBlob,
+        internal_date: int,
+        mailbox: str,
+        flags: Flag,
+    ) -> list[DeliveryResult]:
+        """Store one message for several accounts; quota is checked here, under the write lock."""
+        results: list[DeliveryResult] = []
+        fitting: list[tuple[Account, int, int, int]] = []
+        for account_id in account_ids:
+            row = conn.execute(
+                f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no account id {account_id}")
+            account = self._account(row)
+            over = account.would_exceed(blob.size)
+            if over:
+                results.append(DeliveryResult(account.name, over_quota=over))
+                continue
+            mrow = conn.execute(
+                "SELECT id, uidnext, highestmodseq FROM mailboxes WHERE account_id=? AND name=?",
+                (account_id, mailbox),
+            ).fetchone()
+            if mrow is None:
+                raise NotFound(f"{account.name}: no mailbox {mailbox}")
+            fitting.append((account, mrow[0], mrow[1], mrow[2] + 1))
+            results.append(DeliveryResult(account.name))
+        if not fitting:
+            if blob.tmp_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    blob.tmp_path.unlink()
+            return results
+        self._ref_blob(conn, batch, blob, len(fitting))
+        now = int(time.time())
+        stored: dict[str, MessageMeta] = {}
+        for account, mailbox_id, uid, modseq in fitting:
+            conn.execute(
+                "UPDATE mailboxes SET uidnext=?, highestmodseq=? WHERE id=?",
+                (uid + 1, modseq, mailbox_id),
+            )
+            cur = conn.execute(
+                "INSERT INTO messages(mailbox_id, uid, modseq, flags, internal_date, save_date,"
+                " size, blob) VALUES (?,?,?,?,?,?,?,?)",
+                (mailbox_id, uid, modseq, int(flags), internal_date, now, blob.size, blob.sha256),
+            )
+            conn.execute(
+                "UPDATE accounts SET used_bytes=used_bytes+?, used_messages=used_messages+1"
+                " WHERE id=?",
+                (blob.size, account.id),
+            )
+            assert cur.lastrowid is not None
+            stored[account.name] = MessageMeta(
+                cur.lastrowid, mailbox_id, uid, modseq, flags, (), internal_date, now,
+                blob.size, blob.sha256,
+            )  # fmt: skip
+            batch.changes.append(MessageAdded(account.id, mailbox_id, uid, modseq, flags, ()))
+        return [
+            DeliveryResult(r.account, message=stored[r.account]) if r.over_quota is None else r
+            for r in results
+        ]
+
+    def expunge(self, mailbox_id: int, uids: Iterable[int]) -> list[int]:
+        return self._write(self._op_expunge, mailbox_id, sorted(set(uids)))
+
+    async def aexpunge(self, mailbox_id: int, uids: Iterable[int]) -> list[int]:
+        return await self.awrite(self._op_expunge, mailbox_id, sorted(set(uids)))
+
+    def _op_expunge(
+        self, conn: sqlite3.Connection, batch: _Batch, mailbox_id: int, uids: list[int]
+    ) -> list[int]:
+        """Remove messages by UID; returns the UIDs that existed. Quota drops in this commit."""
+        mrow = conn.execute(
+            "SELECT account_id, highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
+        ).fetchone()
+        if mrow is None:
+            raise NotFound(f"no mailbox id {mailbox_id}")
+        account_id, modseq = mrow[0], mrow[1] + 1
+        gone: list[int] = []
+        freed = 0
+        blobs: dict[str, int] = {}
+        for uid in uids:
+            row = conn.execute(
+                "SELECT id, size, blob FROM messages WHERE mailbox_id=? AND uid=?",
+                (mailbox_id, uid),
+            ).fetchone()
+            if row is None:
+                continue
+            conn.execute("DELETE FROM messages WHERE id=?", (row[0],))
+            conn.execute(
+                "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?,?,?)",
+                (mailbox_id, uid, modseq),
+            )
+            gone.append(uid)
+            freed += row[1]
+            blobs[row[2]] = blobs.get(row[2], 0) + 1
+        if not gone:
+            return gone
+        for sha, n in blobs.items():
+            self._unref_blob(conn, batch, sha, n)
+        conn.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
+        conn.execute(
+            "UPDATE accounts SET used_bytes=used_bytes-?, used_messages=used_messages-? WHERE id=?",
+            (freed, len(gone), account_id),
+        )
+        batch.changes.append(MessagesExpunged(account_id, mailbox_id, tuple(gone), modseq))
+        return gone
+
+    # ---- consistency --------------------------------------------------------------------------
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Recompute quota usage and blob reference counts from the messages; report drift."""
+        return self._write(self._op_check, repair)
+
+    def _op_check(self, conn: sqlite3.Connection, batch: _Batch, repair: bool) -> CheckReport:
+        quota: list[str] = []
+        blobs: list[str] = []
+        rows = conn.execute(
+            "SELECT a.id, a.name, a.used_bytes, a.used_messages,"
+            " coalesce(sum(m.size), 0), count(m.id)"
+            " FROM accounts a LEFT JOIN mailboxes b ON b.account_id=a.id"
+            " LEFT JOIN messages m ON m.mailbox_id=b.id GROUP BY a.id"
+        ).fetchall()
+        for aid, name, ub, um, real_b, real_m in rows:
+            if (ub, um) != (real_b, real_m):
+                quota.append(f"{name}: recorded {ub} bytes/{um} messages, stored {real_b}/{real_m}")
+                if repair:
+                    conn.execute(
+                        "UPDATE accounts SET used_bytes=?, used_messages=? WHERE id=?",
+                        (real_b, real_m, aid),
+                    )
+        rows = conn.execute(
+            "SELECT b.sha256, b.refs, b.data IS NULL, (SELECT count(*) FROM messages m"
+            " WHERE m.blob=b.sha256) FROM blobs b"
+        ).fetchall()
+        for sha, refs, is_file, real in rows:
+            if refs != real:
+                blobs.append(f"blob {sha[:16]}: {refs} references recorded, {real} real")
+                if repair:
+                    if real == 0:
+                        conn.execute("DELETE FROM blobs WHERE sha256=?", (sha,))
+                        if is_file:
+                            batch.unlink.add(self.blob_path(sha))
+                    else:
+                        conn.execute("UPDATE blobs SET refs=? WHERE sha256=?", (real, sha))
+            if is_file and not self.blob_path(sha).exists():
+                blobs.append(f"blob {sha[:16]}: file missing")
+        missing = conn.execute(
+            "SELECT DISTINCT blob FROM messages WHERE blob NOT IN (SELECT sha256 FROM blobs)"
+        ).fetchall()
+        blobs.extend(f"blob {sha[:16]}: referenced but not stored" for (sha,) in missing)
+        known = {r[0] for r in conn.execute("SELECT sha256 FROM blobs WHERE data IS NULL")}
+        for path in self.blob_dir.glob("??/??/*"):
+            if path.name not in known:
+                blobs.append(f"blob file {path.name[:16]}: not referenced")
+                if repair:
+                    batch.unlink.add(path)
+        return CheckReport(quota, blobs, repaired=repair and bool(quota or blobs))

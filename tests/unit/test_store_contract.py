@@ -1,0 +1,273 @@
+"""The Mailstore contract: every backend must pass these (today: SQLite)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from postfach.errors import AlreadyExists, NotFound, StoreError
+from postfach.store.api import INBOX, Change, Flag, MessageAdded, MessagesExpunged
+from postfach.store.sqlite import SqliteMailstore
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteMailstore]:
+    s = SqliteMailstore(tmp_path / "data", inline_max=1024)
+    s.add_domain("example.org")
+    yield s
+    s.close()
+
+
+def msg(n: int, size: int = 100) -> bytes:
+    head = f"Subject: test {n}\r\n\r\n".encode()
+    return head + b"x" * max(0, size - len(head) - 2) + b"\r\n"
+
+
+def inbox(store: SqliteMailstore, name: str) -> int:
+    acc = store.get_account(name)
+    assert acc is not None
+    box = store.get_mailbox(acc.id, INBOX)
+    assert box is not None
+    return box.id
+
+
+def deliver(store: SqliteMailstore, names: list[str], data: bytes) -> list[str | None]:
+    ids = []
+    for n in names:
+        acc = store.get_account(n)
+        assert acc is not None
+        ids.append(acc.id)
+    results = store.deliver(ids, store.stage(data), 1_700_000_000)
+    return [r.over_quota for r in results]
+
+
+def test_domains(store: SqliteMailstore) -> None:
+    store.add_domain("Other.Example")
+    assert [d.name for d in store.list_domains()] == ["example.org", "other.example"]
+    with pytest.raises(AlreadyExists):
+        store.add_domain("other.example")
+    store.add_account("a@other.example", "h")
+    with pytest.raises(StoreError, match="still has 1 account"):
+        store.delete_domain("other.example")
+    store.delete_account("a@other.example")
+    store.delete_domain("other.example")
+    assert not store.is_local_domain("other.example")
+    with pytest.raises(NotFound):
+        store.delete_domain("other.example")
+
+
+def test_account_gets_special_use_folders(store: SqliteMailstore) -> None:
+    acc = store.add_account("Alice@Example.org", "hash", quota_bytes=1000)
+    assert acc.name == "alice@example.org"
+    boxes = {b.name: b.special_use for b in store.list_mailboxes(acc.id)}
+    assert boxes == {
+        "INBOX": None, "Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash",
+        "Junk": "\\Junk", "Archive": "\\Archive",
+    }  # fmt: skip
+    validities = [b.uidvalidity for b in store.list_mailboxes(acc.id)]
+    assert len(set(validities)) == len(validities)
+    assert store.get_account("ALICE@example.org") == acc
+    assert store.password_hash("alice@example.org") == "hash"
+    with pytest.raises(AlreadyExists):
+        store.add_account("alice@example.org", "x")
+    with pytest.raises(NotFound, match="no domain"):
+        store.add_account("bob@nowhere.example", "x")
+
+
+def test_delivery_assigns_uids_and_counts_quota(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h")
+    for i in range(3):
+        assert deliver(store, ["a@example.org"], msg(i)) == [None]
+    messages = store.list_messages(inbox(store, "a@example.org"))
+    assert [m.uid for m in messages] == [1, 2, 3]
+    assert len({m.modseq for m in messages}) == 3
+    acc = store.get_account("a@example.org")
+    assert acc is not None
+    assert (acc.used_bytes, acc.used_messages) == (300, 3)
+    assert store.read_blob(messages[0].blob) == msg(0)
+
+
+def test_quota_refuses_what_does_not_fit_and_expunge_frees(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h", quota_bytes=250)
+    assert deliver(store, ["a@example.org"], msg(1)) == [None]
+    assert deliver(store, ["a@example.org"], msg(2)) == [None]
+    assert deliver(store, ["a@example.org"], msg(3)) == ["STORAGE"]
+    box = inbox(store, "a@example.org")
+    assert len(store.list_messages(box)) == 2
+    assert store.expunge(box, [1]) == [1]
+    acc = store.get_account("a@example.org")
+    assert acc is not None and acc.used_bytes == 100
+    assert deliver(store, ["a@example.org"], msg(3)) == [None]
+
+
+def test_message_count_quota(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h", quota_messages=1)
+    assert deliver(store, ["a@example.org"], msg(1)) == [None]
+    assert deliver(store, ["a@example.org"], msg(2)) == ["MESSAGE"]
+
+
+def test_one_blob_for_many_recipients(store: SqliteMailstore) -> None:
+    for n in "abc":
+        store.add_account(f"{n}@example.org", "h")
+    big = msg(7, size=5000)  # above inline_max: a file
+    names = ["a@example.org", "b@example.org", "c@example.org"]
+    assert deliver(store, names, big) == [None, None, None]
+    sha = store.list_messages(inbox(store, "a@example.org"))[0].blob
+    path = store.blob_path(sha)
+    assert path.exists() and path.read_bytes() == big
+    assert not list(store.tmp_dir.iterdir())
+    store.expunge(inbox(store, "a@example.org"), [1])
+    store.expunge(inbox(store, "b@example.org"), [1])
+    assert path.exists()
+    store.expunge(inbox(store, "c@example.org"), [1])
+    assert not path.exists()
+    assert store.check().clean
+
+
+def test_refused_delivery_leaves_no_file(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h", quota_bytes=10)
+    assert deliver(store, ["a@example.org"], msg(1, size=5000)) == ["STORAGE"]
+    assert not list(store.tmp_dir.iterdir())
+    assert not list(store.blob_dir.glob("??/??/*"))
+
+
+def test_uids_never_repeat_across_reopen(store: SqliteMailstore, tmp_path: Path) -> None:
+    store.add_account("a@example.org", "h")
+    deliver(store, ["a@example.org"], msg(1))
+    deliver(store, ["a@example.org"], msg(2))
+    box = inbox(store, "a@example.org")
+    store.expunge(box, [2])
+    store.close()
+    again = SqliteMailstore(tmp_path / "data")
+    try:
+        deliver(again, ["a@example.org"], msg(3))
+        assert [m.uid for m in again.list_messages(box)] == [1, 3]
+    finally:
+        again.close()
+
+
+def test_resolve_aliases_and_catch_all(store: SqliteMailstore) -> None:
+    store.add_account("alice@example.org", "h")
+    store.add_account("bob@example.org", "h")
+    store.add_alias("info@example.org", "alice@example.org")
+    store.add_alias("info@example.org", "bob@example.org")
+    store.add_alias("loop1@example.org", "loop2@example.org")
+    store.add_alias("loop2@example.org", "loop1@example.org")
+    assert store.resolve("INFO@example.org") == ["alice@example.org", "bob@example.org"]
+    assert store.resolve("nobody@example.org") is None
+    assert store.resolve("loop1@example.org") is None
+    store.add_alias("@example.org", "bob@example.org")
+    assert store.resolve("nobody@example.org") == ["bob@example.org"]
+    assert store.resolve("alice@example.org") == ["alice@example.org"]
+    with pytest.raises(AlreadyExists):
+        store.add_alias("alice@example.org", "bob@example.org")
+    with pytest.raises(NotFound):
+        store.add_alias("x@elsewhere.example", "bob@example.org")
+    store.delete_alias("info@example.org", "bob@example.org")
+    assert store.resolve("info@example.org") == ["alice@example.org"]
+
+
+def test_changes_published_after_commit(tmp_path: Path) -> None:
+    seen: list[Change] = []
+    db_path = tmp_path / "d" / "postfach.db"
+
+    def publish(changes: list[Change]) -> None:
+        # Published only once durable: a fresh connection already sees the rows.
+        conn = sqlite3.connect(db_path)
+        (count,) = conn.execute("SELECT count(*) FROM messages").fetchone()
+        conn.close()
+        assert count >= sum(isinstance(c, MessageAdded) for c in changes)
+        seen.extend(changes)
+
+    s = SqliteMailstore(tmp_path / "d", publish=publish)
+    try:
+        s.add_domain("example.org")
+        acc = s.add_account("a@example.org", "h")
+        deliver(s, ["a@example.org"], msg(1))
+        s.expunge(inbox(s, "a@example.org"), [1])
+    finally:
+        s.close()
+    added = [c for c in seen if isinstance(c, MessageAdded)]
+    gone = [c for c in seen if isinstance(c, MessagesExpunged)]
+    assert [(c.account_id, c.uid, c.flags) for c in added] == [(acc.id, 1, Flag(0))]
+    assert gone[0].uids == (1,) and gone[0].modseq > added[0].modseq
+
+
+def test_group_commit_under_concurrency(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h", quota_messages=150)
+    acc = store.get_account("a@example.org")
+    assert acc is not None
+    errors: list[BaseException] = []
+    results: list[str | None] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(20):
+                r = store.deliver([acc.id], store.stage(msg(k * 100 + i)), 0)
+                with lock:
+                    results.append(r[0].over_quota)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results.count(None) == 150 and results.count("MESSAGE") == 50
+    uids = [m.uid for m in store.list_messages(inbox(store, "a@example.org"))]
+    assert uids == list(range(1, 151))
+    assert store.check().clean
+
+
+def test_failing_op_does_not_spoil_its_batch(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h")
+    futures = [store.submit(store._op_add_domain, f"d{i}.example") for i in range(5)]
+    futures.insert(2, store.submit(store._op_add_domain, "example.org"))  # exists: fails
+    outcomes = [f.exception() for f in futures]
+    assert isinstance(outcomes[2], AlreadyExists)
+    assert sum(o is None for o in outcomes) == 5
+    assert len(store.list_domains()) == 6
+
+
+def test_check_reports_and_repairs_drift(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h")
+    deliver(store, ["a@example.org"], msg(1))
+    assert store.check().clean
+    conn = sqlite3.connect(store.db_path)
+    conn.execute("UPDATE accounts SET used_bytes=used_bytes+7")
+    conn.commit()
+    conn.close()
+    report = store.check()
+    assert not report.clean and "a@example.org" in report.quota_drift[0]
+    assert store.check(repair=True).repaired
+    assert store.check().clean
+
+
+def test_delete_account_frees_blobs(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h")
+    deliver(store, ["a@example.org"], msg(1, size=5000))
+    assert list(store.blob_dir.glob("??/??/*"))
+    store.delete_account("a@example.org")
+    assert store.get_account("a@example.org") is None
+    assert not list(store.blob_dir.glob("??/??/*"))
+    assert store.check().clean
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    s = SqliteMailstore(tmp_path / "d")
+    s.close()
+    conn = sqlite3.connect(tmp_path / "d" / "postfach.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SqliteMailstore(tmp_path / "d")
