@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support import RunningServer, start_server  # noqa: E402
+from support import RunningServer, start_server
 
 
 @pytest.fixture
@@ -22,14 +20,3 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def env_clean(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("POSTFACH_"):
-            monkeypatch.delenv(key)
-
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]

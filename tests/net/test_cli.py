@@ -1,4 +1,4 @@
-"""The postfach command line, as a user runs it: a real process, real exit codes, one-line errors."""
+"""The postfach command line as a user runs it: real processes, exit codes, one-line errors."""
 
 from __future__ import annotations
 

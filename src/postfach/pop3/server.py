@@ -15,8 +15,10 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import socket
 import ssl
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, Self
 
 from postfach.pop3.session import Pop3Backend, Pop3Session, Pop3Settings, is_loopback_address
 
@@ -163,11 +165,11 @@ class _Connection(asyncio.Protocol):
             self._write((session.greeting(),))
             while True:
                 try:
-                    async with asyncio.timeout(settings.idle_timeout):
+                    async with asyncio.timeout(settings.autologout):
                         data = await self._read()
                 except TimeoutError:
                     reason = "autologout"
-                    self._write((session.autologout(),))
+                    self._write((session.autologout_reply(),))
                     break
                 if not data:
                     reason = "disconnect"
@@ -179,12 +181,12 @@ class _Connection(asyncio.Protocol):
                         await self._start_tls(session)
                         break
                     if self._needs_drain():
-                        async with asyncio.timeout(settings.idle_timeout):
+                        async with asyncio.timeout(settings.autologout):
                             await self._drain()
                 if session.closing:
                     reason = "closed"
                     break
-                async with asyncio.timeout(settings.idle_timeout):
+                async with asyncio.timeout(settings.autologout):
                     await self._drain()
         except asyncio.CancelledError:
             reason = "shutdown"
@@ -219,7 +221,7 @@ class _Connection(asyncio.Protocol):
             self,
             ctx,
             server_side=True,
-            ssl_handshake_timeout=min(60.0, self._server.settings.idle_timeout),
+            ssl_handshake_timeout=min(60.0, self._server.settings.autologout),
         )
         if new_transport is None:  # pragma: no cover - only on a closed transport
             raise ConnectionResetError("connection closed during TLS handshake")
@@ -254,15 +256,19 @@ class _Connection(asyncio.Protocol):
             self.task.cancel()
 
 
-class Pop3Server:
-    """A POP3 listener. ``ssl_context`` enables STLS, or with ``implicit_tls`` the POP3S variant
-    (RFC 8314) where TLS starts at connect time."""
+class Pop3Server(asyncio.AbstractServer):
+    """A POP3 listener, usable wherever an ``asyncio.AbstractServer`` is expected.
+
+    ``ssl_context`` enables STLS, or with ``implicit_tls`` the POP3S variant (RFC 8314) where TLS
+    starts at connect time. ``close()`` stops listening and ends every connection (maildrop locks
+    released, nothing committed); ``await wait_closed()`` waits until they are all gone.
+    """
 
     def __init__(
         self,
         backend: Pop3Backend,
         settings: Pop3Settings,
-        host: str | list[str] | None = "127.0.0.1",
+        host: str | Sequence[str] | None = "127.0.0.1",
         port: int = 110,
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -288,13 +294,14 @@ class Pop3Server:
             conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
 
     async def start(self) -> None:
+        """Bind and start accepting connections."""
         if self._server is not None:
             raise RuntimeError("already started")
         loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
         if self.implicit_tls:
             kwargs["ssl"] = self.ssl_context
-            kwargs["ssl_handshake_timeout"] = min(60.0, self.settings.idle_timeout)
+            kwargs["ssl_handshake_timeout"] = min(60.0, self.settings.autologout)
         self._server = await loop.create_server(
             lambda: _Connection(self), self.host, self.port, **kwargs
         )
@@ -304,23 +311,32 @@ class Pop3Server:
             "implicit" if self.implicit_tls else ("stls" if self.ssl_context else "no"),
         )
 
+    # ---- asyncio.AbstractServer / asyncio.Server look-alike ----------------------------------
+
     @property
-    def addresses(self) -> list[tuple[Any, ...]]:
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets, as ``asyncio.Server.sockets`` (empty before start)."""
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
         if self._server is None:
-            return []
-        return [tuple(s.getsockname()) for s in self._server.sockets]
+            raise RuntimeError("not started")
+        return self._server.get_loop()
 
-    @property
-    def bound_port(self) -> int:
-        """The port actually listened on (useful with port 0)."""
-        addresses = self.addresses
-        if not addresses:
-            raise RuntimeError("not listening")
-        return int(addresses[0][1])
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
+    async def start_serving(self) -> None:
+        if self._server is None:
+            await self.start()
+        else:
+            await self._server.start_serving()
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
 
     def close(self) -> None:
         """Stop listening and end every connection (locks released, nothing committed)."""
@@ -336,20 +352,34 @@ class Pop3Server:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def __aenter__(self) -> Pop3Server:
+    async def __aenter__(self) -> Self:
         if self._server is None:
             await self.start()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
+    # ---- conveniences ------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[tuple[Any, ...]]:
+        return [tuple(s.getsockname()) for s in self.sockets]
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("not listening")
+        return int(addresses[0][1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
 
 async def start_pop3_server(
     backend: Pop3Backend,
     settings: Pop3Settings,
-    host: str | list[str] | None = "127.0.0.1",
+    host: str | Sequence[str] | None = "127.0.0.1",
     port: int = 110,
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,

@@ -112,8 +112,8 @@ class Pop3Settings:
     allow_plaintext_on_loopback: bool = False
     #: Seconds advertised as LOGIN-DELAY (RFC 2449); enforcing it is the backend's business.
     login_delay: int = 0
-    #: Autologout timer (RFC 1939 says at least 10 minutes); the server adapter applies it.
-    idle_timeout: float = 600.0
+    #: Seconds of idleness before autologout (RFC 1939: at least 10 minutes); the server applies it.
+    autologout: float = 600.0
     #: Consecutive -ERR replies after which the connection is closed.
     max_errors: int = 20
     #: Failed logins in one connection after which it is closed.
@@ -123,8 +123,8 @@ class Pop3Settings:
     def __post_init__(self) -> None:
         if self.max_errors < 1 or self.max_auth_failures < 1:
             raise ValueError("max_errors and max_auth_failures must be at least 1")
-        if self.idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive")
+        if self.autologout <= 0:
+            raise ValueError("autologout must be positive")
         if self.login_delay < 0:
             raise ValueError("login_delay must not be negative")
         if not self.hostname or any(c.isspace() for c in self.hostname):
@@ -244,7 +244,7 @@ class Pop3Session:
     def greeting(self) -> bytes:
         return ok(f"{self._settings.hostname} POP3 ready")
 
-    def autologout(self) -> bytes:
+    def autologout_reply(self) -> bytes:
         """The line to send before closing an idle connection (no UPDATE state, RFC 1939)."""
         self._closing = True
         return err("autologout: idle for too long")
@@ -275,8 +275,8 @@ class Pop3Session:
             if self._errors >= self._settings.max_errors and not reply.close:
                 log.info("conn=%s event=too-many-errors count=%d", self._conn_id, self._errors)
                 reply = _reply(err("too many errors, closing connection"), close=True)
-        else:
-            self._errors = 0
+        elif reply.chunks and reply.chunks[0].startswith(b"+OK"):
+            self._errors = 0  # a SASL challenge ("+ ...") is neutral: it neither counts nor resets
         if reply.close:
             self._closing = True
         return reply

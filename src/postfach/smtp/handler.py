@@ -110,9 +110,7 @@ class InboundHandler:
         txn = _txn(envelope)
         if txn is None or not txn.recipients:
             return "503 5.5.1 Error: need RCPT command"
-        data = envelope.original_content or b""
-        if isinstance(data, str):
-            data = data.encode("utf-8", "surrogateescape")
+        data: bytes = envelope.original_content or b""  # decode_data=False: always bytes
         try:
             outcomes = await txn.deliver(data)
         except SmtpError as exc:

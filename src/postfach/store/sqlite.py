@@ -507,7 +507,7 @@ class SqliteMailstore:
     @staticmethod
     def _new_uidvalidity(conn: sqlite3.Connection) -> int:
         (top,) = conn.execute("SELECT coalesce(max(uidvalidity), 0) FROM mailboxes").fetchone()
-        return max(int(time.time()), top + 1) & 0xFFFFFFFF
+        return max(int(time.time()), int(top) + 1) & 0xFFFFFFFF
 
     def _create_mailbox(
         self, conn: sqlite3.Connection, account_id: int, name: str, special: str | None
