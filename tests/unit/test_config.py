@@ -1,0 +1,85 @@
+"""Configuration: defaults, postfach.toml, environment, and one clear line per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from postfach.config import ConfigError, load_config, parse_address
+
+
+def test_embedded_defaults(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, env={})
+    ls = cfg.listeners
+    assert ls.smtp == ("127.0.0.1", 2525)
+    assert (ls.pop3, ls.pop3s) == (("127.0.0.1", 2110), ("127.0.0.1", 2995))
+    assert (ls.imap, ls.imaps, ls.http) == (
+        ("127.0.0.1", 2143), ("127.0.0.1", 2993), ("127.0.0.1", 8025),
+    )  # fmt: skip
+    assert ls.lmtp is None
+    assert cfg.quota_temporary is False and cfg.allow_plaintext_on_loopback is True
+    assert cfg.cert_path == tmp_path / "tls" / "cert.pem"
+
+
+def test_environment_overrides_listeners(tmp_path: Path) -> None:
+    env = {"POSTFACH_SMTP": "0.0.0.0:25", "POSTFACH_POP3": "off", "POSTFACH_IMAPS": "[::1]:993"}
+    cfg = load_config(tmp_path, env=env)
+    assert cfg.listeners.smtp == ("0.0.0.0", 25)
+    assert cfg.listeners.pop3 is None
+    assert cfg.listeners.imaps == ("::1", 993)
+
+
+def test_data_dir_from_environment(tmp_path: Path) -> None:
+    cfg = load_config(None, env={"POSTFACH_DATA": str(tmp_path / "x")})
+    assert cfg.data_dir == tmp_path / "x"
+    cfg = load_config(None, env={"XDG_DATA_HOME": str(tmp_path)})
+    assert cfg.data_dir == tmp_path / "postfach"
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    (tmp_path / "postfach.toml").write_text(
+        'hostname = "mx.example.org"\n'
+        '[listen]\nsmtp = "127.0.0.1:2526"\nlmtp = "127.0.0.1:2424"\n'
+        '[limits]\nmax_message_size = "10M"\n'
+        '[quota]\nfull_reply = "temporary"\n'
+        "[timeouts]\npop3_autologout = 30\n"
+    )
+    cfg = load_config(tmp_path, env={"POSTFACH_SMTP": "127.0.0.1:2527"})
+    assert cfg.hostname == "mx.example.org"
+    assert cfg.listeners.smtp == ("127.0.0.1", 2527)  # environment wins over the file
+    assert cfg.listeners.lmtp == ("127.0.0.1", 2424)
+    assert cfg.max_message_size == 10 * 1024 * 1024
+    assert cfg.quota_temporary is True
+    assert cfg.pop3_autologout == 30
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ('[listen]\nsmtp = "127.0.0.1:99999"\n', {}, "bad port"),
+        ('[listen]\nbogus = "1"\n', {}, "no listener 'bogus'"),
+        ("[nonsense]\n", {}, "unknown section"),
+        ('[limits]\nmax_message_size = "12X"\n', {}, "not a size"),
+        ('[quota]\nfull_reply = "maybe"\n', {}, "permanent"),
+        ("this is not toml", {}, "postfach.toml"),
+        ("", {"POSTFACH_POP3": "localhost:abc"}, "POSTFACH_POP3: bad port"),
+        ("[timeouts]\npop3_autologout = -1\n", {}, "must be positive"),
+    ],
+)
+def test_mistakes_are_one_line(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    (tmp_path / "postfach.toml").write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path, env=env)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_parse_address_forms() -> None:
+    assert parse_address("2525", "x") == ("127.0.0.1", 2525)
+    assert parse_address("[::1]:2525", "x") == ("::1", 2525)
+    assert parse_address("OFF", "x") is None
+    with pytest.raises(ConfigError):
+        parse_address("[::1]2525", "x")
