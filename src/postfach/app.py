@@ -20,7 +20,7 @@ from postfach.auth.passwords import Authenticator
 from postfach.config import Address, Config, ConfigError
 from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.maildrop import StorePop3Backend
-from postfach.mime.structure import parse, to_json
+from postfach.mime.stored import parse_for_storage
 from postfach.pop3.server import start_pop3_server
 from postfach.pop3.session import Pop3Settings
 from postfach.smtp.handler import make_smtp_factory
@@ -35,11 +35,6 @@ DEFAULT_DOMAIN = "localhost"
 
 class StartupError(RuntimeError):
     """The server cannot start; the message is one line for the user."""
-
-
-def structure_json(message: bytes) -> str | None:
-    """Parse once at delivery; IMAP serves ENVELOPE/BODYSTRUCTURE/parts from this."""
-    return to_json(parse(message))
 
 
 def open_store(data_dir: Path) -> SqliteMailstore:
@@ -87,7 +82,7 @@ class App:
                 quota_temporary=cfg.quota_temporary,
                 max_message_size=cfg.max_message_size,
             ),
-            structure=structure_json,
+            structure=parse_for_storage,
         )
         auth = Authenticator(store.password_hash)
         pop3_backend = StorePop3Backend(store, self.hub, auth)

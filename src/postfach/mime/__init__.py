@@ -1,1 +1,1 @@
-
+"""MIME structure of stored messages (pure core); see `postfach.mime.structure`."""

@@ -24,8 +24,16 @@ Rules implemented here, with the RFC they come from:
 - Nesting is capped at `MAX_DEPTH`; a multipart or message entity deeper than that is reported
   as an opaque application/octet-stream leaf.
 - IMAP part numbers, ENVELOPE and BODYSTRUCTURE: RFC 3501 §6.4.5 and §7.4.2, RFC 9051 §7.5.2.
+  Types, subtypes, encodings and parameter names are sent in lower case; a text part without a
+  charset gets ("charset" "us-ascii") as Dovecot sends it; a parameter value that is not
+  printable ASCII is sent in RFC 2231 form (``name*`` "utf-8\'\'%E2%82%AC..."), which clients
+  decode as they would the original header.
 
 `parse` never raises: every rule above has a recovery for broken input.
+
+Everything is importable from here; the work is split over `postfach.mime._syntax` (header
+fields, structured values, charsets), `postfach.mime.envelope` (ENVELOPE, addresses) and
+`postfach.mime.text` (decoded text for search and PREVIEW).
 """
 
 from __future__ import annotations
