@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from postfach.errors import AlreadyExists, NotFound, StoreError
+from postfach.errors import AlreadyExists, NotFound, OverQuota, StoreError
 from postfach.store.api import INBOX, Change, Flag, MessageAdded, MessagesExpunged
-from postfach.store.sqlite import SqliteMailstore
+from postfach.store.sqlite import AppendItem, SqliteMailstore
 
 BACKENDS = ["sqlite"]
 
@@ -271,3 +271,113 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         SqliteMailstore(tmp_path / "d")
+
+
+# ---- IMAP operations ---------------------------------------------------------------------------
+
+
+def box_id(store: SqliteMailstore, account: str, name: str) -> int:
+    acc = store.get_account(account)
+    assert acc is not None
+    box = store.get_mailbox(acc.id, name)
+    assert box is not None
+    return box.id
+
+
+def item(store: SqliteMailstore, data: bytes, flags: Flag = Flag.NONE) -> AppendItem:
+    return AppendItem(store.stage(data), flags, ("$Forwarded",), 1_600_000_000)
+
+
+def test_append_is_all_or_nothing_under_quota(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h", quota_bytes=250)
+    sent = box_id(store, "a@example.org", "Sent")
+    with pytest.raises(OverQuota) as exc:
+        store.append(sent, [item(store, msg(1)), item(store, msg(2)), item(store, msg(3))])
+    assert exc.value.resource == "STORAGE"
+    assert store.list_messages(sent) == []
+    metas = store.append(sent, [item(store, msg(1), Flag.SEEN), item(store, msg(2))])
+    assert [(m.uid, m.flags, m.keywords) for m in metas] == [
+        (1, Flag.SEEN, ("$Forwarded",)), (2, Flag.NONE, ("$Forwarded",)),
+    ]  # fmt: skip
+    assert store.read_blob(metas[0].blob) == msg(1)
+    assert not list(store.tmp_dir.iterdir())
+
+
+def test_copy_counts_quota_and_move_does_not(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h", quota_bytes=350)
+    inbox_id = box_id(store, "a@example.org", INBOX)
+    archive = box_id(store, "a@example.org", "Archive")
+    store.append(inbox_id, [item(store, msg(1), Flag.FLAGGED), item(store, msg(2))])
+    assert store.copy_messages(inbox_id, [1], archive) == [(1, 1)]
+    [copied] = store.list_messages(archive)
+    assert copied.flags == Flag.FLAGGED and copied.internal_date == 1_600_000_000
+    with pytest.raises(OverQuota):
+        store.copy_messages(inbox_id, [1, 2], archive)
+    assert store.move_messages(inbox_id, [1, 2], archive) == [(1, 2), (2, 3)]
+    assert store.list_messages(inbox_id) == []
+    acc = store.get_account("a@example.org")
+    assert acc is not None and (acc.used_bytes, acc.used_messages) == (300, 3)
+    changed, vanished = store.changes_since(inbox_id, 0)
+    assert changed == [] and vanished == [1, 2]
+    assert store.check().clean
+
+
+def test_store_flags_modes_modseq_and_unchangedsince(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h")
+    inbox_id = box_id(store, "a@example.org", INBOX)
+    store.append(inbox_id, [item(store, msg(1)), item(store, msg(2))])
+    base = store.get_mailbox_by_id(inbox_id)
+    assert base is not None
+    r = store.store_flags(inbox_id, [1, 2], "add", Flag.SEEN, ["Work"])
+    assert [(m.uid, m.flags, m.keywords) for m in r.changed] == [
+        (1, Flag.SEEN, ("$Forwarded", "Work")), (2, Flag.SEEN, ("$Forwarded", "Work")),
+    ]  # fmt: skip
+    modseq = r.changed[0].modseq
+    assert modseq > base.highestmodseq
+    assert store.store_flags(inbox_id, [1], "add", Flag.SEEN, ["work"]).changed == []
+    r = store.store_flags(inbox_id, [1], "remove", Flag.SEEN, ["WORK"])
+    assert r.changed[0].flags == Flag.NONE and r.changed[0].keywords == ("$Forwarded",)
+    r = store.store_flags(inbox_id, [1, 2], "set", Flag.DELETED, [], unchangedsince=modseq)
+    assert r.failed == [1] and [m.uid for m in r.changed] == [2]
+    changed, _ = store.changes_since(inbox_id, modseq)
+    assert {m.uid for m in changed} == {1, 2}
+    box = store.get_mailbox_by_id(inbox_id)
+    assert box is not None and box.highestmodseq == r.changed[0].modseq
+
+
+def test_delete_rename_and_subscriptions(store: SqliteMailstore) -> None:
+    acc = store.add_account("a@example.org", "h")
+    work = store.create_mailbox(acc.id, "Work")
+    store.create_mailbox(acc.id, "Work/2024")
+    store.append(work, [item(store, msg(1, size=5000))])
+    store.set_subscribed(acc.id, "Work", True)
+    store.rename_mailbox(acc.id, "Work", "Jobs")
+    names = {b.name for b in store.list_mailboxes(acc.id)}
+    assert {"Jobs", "Jobs/2024"} <= names and "Work" not in names
+    assert "Work" in store.list_subscriptions(acc.id)  # subscriptions are names, kept as is
+    with pytest.raises(AlreadyExists):
+        store.rename_mailbox(acc.id, "Jobs", "Sent")
+    with pytest.raises(StoreError):
+        store.delete_mailbox(acc.id, "INBOX")
+    store.delete_mailbox(acc.id, "Jobs")
+    assert store.get_account_by_id(acc.id) == store.get_account("a@example.org")
+    after = store.get_account("a@example.org")
+    assert after is not None and after.used_bytes == 0
+    assert not list(store.blob_dir.glob("??/??/*"))
+    assert store.get_mailbox(acc.id, "Jobs/2024") is not None
+    store.set_subscribed(acc.id, "Work", False)
+    assert "Work" not in store.list_subscriptions(acc.id)
+
+
+def test_rename_inbox_moves_messages_and_keeps_uids_fresh(store: SqliteMailstore) -> None:
+    acc = store.add_account("a@example.org", "h")
+    inbox_id = box_id(store, "a@example.org", INBOX)
+    store.append(inbox_id, [item(store, msg(1)), item(store, msg(2))])
+    store.rename_mailbox(acc.id, "INBOX", "Old")
+    old = box_id(store, "a@example.org", "Old")
+    assert [m.uid for m in store.list_messages(old)] == [1, 2]
+    assert store.list_messages(inbox_id) == []
+    [m] = store.append(inbox_id, [item(store, msg(3))])
+    assert m.uid == 3  # never reuses a UID of the same UIDVALIDITY
+    assert store.changes_since(inbox_id, 0)[1] == [1, 2]
+    assert store.check().clean

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
-from postfach.errors import AlreadyExists, DiskFull, NotFound, StoreError
+from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
 from postfach.store.api import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -47,6 +47,7 @@ from postfach.store.api import (
     DeliveryResult,
     Domain,
     Flag,
+    FlagsChanged,
     Mailbox,
     MailboxesChanged,
     MessageAdded,
@@ -128,6 +129,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX messages_blob ON messages(blob);
     CREATE INDEX mailboxes_account ON mailboxes(account_id);
     """,
+    # 2: IMAP subscriptions may name mailboxes that do not exist (RFC 9051 §6.3.7), so they get
+    # their own table; every existing mailbox starts subscribed. Flag changes are found by
+    # MODSEQ (CONDSTORE), so messages get an index on it.
+    """
+    CREATE TABLE subscriptions (
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        name TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    INSERT INTO subscriptions(account_id, name) SELECT account_id, name FROM mailboxes;
+    CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
+    """,
 )
 
 
@@ -140,6 +153,31 @@ class StagedBlob:
     data: bytes | None  # inline (small) blobs
     tmp_path: Path | None  # large blobs: fsynced temp file the writer renames into place
     structure: str | None  # parsed MIME structure (JSON) for IMAP
+
+
+@dataclass(frozen=True, slots=True)
+class AppendItem:
+    blob: StagedBlob
+    flags: Flag
+    keywords: tuple[str, ...]
+    internal_date: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlagResult:
+    changed: list[MessageMeta]  # messages whose flags changed, with their new MODSEQ
+    failed: list[int]  # UIDs refused by UNCHANGEDSINCE (RFC 7162 MODIFIED)
+
+
+def _clean_keywords(keywords: Sequence[str]) -> tuple[str, ...]:
+    """Keywords compare case-insensitively (RFC 9051 §2.3.2); keep the first spelling."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for k in keywords:
+        if k and k.lower() not in seen:
+            seen.add(k.lower())
+            out.append(k)
+    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -502,6 +540,9 @@ class SqliteMailstore:
         assert account_id is not None
         for mbox, special in DEFAULT_MAILBOXES:
             self._create_mailbox(conn, account_id, mbox, special)
+            conn.execute(
+                "INSERT INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, mbox)
+            )
         return Account(account_id, name, quota_bytes, quota_messages, 0, 0)
 
     @staticmethod
@@ -606,6 +647,7 @@ class SqliteMailstore:
         for sha, n in blobs:
             self._unref_blob(conn, batch, sha, n)
         conn.execute("DELETE FROM mailboxes WHERE account_id=?", (account_id,))
+        conn.execute("DELETE FROM subscriptions WHERE account_id=?", (account_id,))
         conn.execute("DELETE FROM aliases WHERE target=?", (name,))
         conn.execute("DELETE FROM accounts WHERE id=?", (account_id,))
         batch.changes.append(MailboxesChanged(account_id))
@@ -700,7 +742,9 @@ class SqliteMailstore:
     # ---- mailboxes ----------------------------------------------------------------------------
 
     _MAILBOX_COLS: Final = (
-        "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed,"
+        "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq,"
+        " EXISTS (SELECT 1 FROM subscriptions s WHERE s.account_id=mailboxes.account_id"
+        " AND s.name=mailboxes.name),"
         " (SELECT count(*) FROM messages WHERE mailbox_id=mailboxes.id)"
     )
 
@@ -901,6 +945,402 @@ class SqliteMailstore:
         )
         batch.changes.append(MessagesExpunged(account_id, mailbox_id, tuple(gone), modseq))
         return gone
+
+    # ---- IMAP: mailboxes ---------------------------------------------------------------------
+
+    def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        row = (
+            self._reader()
+            .execute(f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,))
+            .fetchone()
+        )
+        return None if row is None else self._mailbox(row)
+
+    def mailbox_size(self, mailbox_id: int) -> int:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id=?", (mailbox_id,)
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    @staticmethod
+    def _mailbox_row(conn: sqlite3.Connection, account_id: int, name: str) -> tuple[Any, ...]:
+        row = conn.execute(
+            "SELECT id, uidvalidity, uidnext, highestmodseq, special_use FROM mailboxes"
+            " WHERE account_id=? AND name=?",
+            (account_id, name),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no mailbox {name}")
+        return tuple(row)
+
+    def delete_mailbox(self, account_id: int, name: str) -> None:
+        self._write(self._op_delete_mailbox, account_id, name)
+
+    async def adelete_mailbox(self, account_id: int, name: str) -> None:
+        await self.awrite(self._op_delete_mailbox, account_id, name)
+
+    def _op_delete_mailbox(
+        self, conn: sqlite3.Connection, batch: _Batch, account_id: int, name: str
+    ) -> None:
+        """RFC 9051 §6.3.4: the messages go (quota freed); inferior names stay."""
+        if name.upper() == INBOX:
+            raise StoreError("INBOX cannot be deleted")
+        mailbox_id = self._mailbox_row(conn, account_id, name)[0]
+        uids = [
+            r[0] for r in conn.execute("SELECT uid FROM messages WHERE mailbox_id=?", (mailbox_id,))
+        ]
+        if uids:
+            self._op_expunge(conn, batch, mailbox_id, uids)
+        conn.execute("DELETE FROM expunged WHERE mailbox_id=?", (mailbox_id,))
+        conn.execute("DELETE FROM mailboxes WHERE id=?", (mailbox_id,))
+        batch.changes.append(MailboxesChanged(account_id))
+
+    def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        self._write(self._op_rename_mailbox, account_id, old, new)
+
+    async def arename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        await self.awrite(self._op_rename_mailbox, account_id, old, new)
+
+    def _op_rename_mailbox(
+        self, conn: sqlite3.Connection, batch: _Batch, account_id: int, old: str, new: str
+    ) -> None:
+        """RFC 9051 §6.3.6. Inferior names move along; renaming INBOX moves its messages into a
+        new mailbox and leaves INBOX empty (its UIDNEXT is kept, so UIDs are never reused)."""
+        if old.upper() == INBOX:
+            old = INBOX
+        if new.upper() == INBOX:
+            raise AlreadyExists("INBOX exists already")
+        if conn.execute(
+            "SELECT 1 FROM mailboxes WHERE account_id=? AND name=?", (account_id, new)
+        ).fetchone():
+            raise AlreadyExists(f"mailbox {new} exists already")
+        if new.startswith(old + "/"):
+            raise StoreError("a mailbox cannot be moved below itself")
+        inbox_id, _validity, uidnext, modseq, _su = self._mailbox_row(conn, account_id, old)
+        if old == INBOX:
+            target = self._create_mailbox(conn, account_id, new, None)
+            conn.execute(
+                "UPDATE mailboxes SET uidnext=?, highestmodseq=? WHERE id=?",
+                (uidnext, modseq, target),
+            )
+            uids = [
+                r[0]
+                for r in conn.execute("SELECT uid FROM messages WHERE mailbox_id=?", (inbox_id,))
+            ]
+            if uids:
+                conn.execute(
+                    "UPDATE messages SET mailbox_id=? WHERE mailbox_id=?", (target, inbox_id)
+                )
+                self._log_expunged(conn, batch, account_id, inbox_id, uids)
+            batch.changes.append(MailboxesChanged(account_id))
+            return
+        rows = conn.execute(
+            "SELECT id, name FROM mailboxes"
+            " WHERE account_id=? AND (name=? OR substr(name, 1, ?)=?)",
+            (account_id, old, len(old) + 1, old + "/"),
+        ).fetchall()
+        for mid, name in rows:
+            renamed = new + name[len(old) :]
+            if conn.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id=? AND name=?", (account_id, renamed)
+            ).fetchone():
+                raise AlreadyExists(f"mailbox {renamed} exists already")
+            conn.execute("UPDATE mailboxes SET name=? WHERE id=?", (renamed, mid))
+        batch.changes.append(MailboxesChanged(account_id))
+
+    def _log_expunged(
+        self, conn: sqlite3.Connection, batch: _Batch, account_id: int, mailbox_id: int,
+        uids: list[int],
+    ) -> int:  # fmt: skip
+        """Record UIDs that left a mailbox (QRESYNC) under a new MODSEQ and publish it."""
+        (modseq,) = conn.execute(
+            "SELECT highestmodseq + 1 FROM mailboxes WHERE id=?", (mailbox_id,)
+        ).fetchone()
+        conn.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
+        conn.executemany(
+            "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?,?,?)",
+            [(mailbox_id, uid, modseq) for uid in uids],
+        )
+        batch.changes.append(MessagesExpunged(account_id, mailbox_id, tuple(uids), modseq))
+        return int(modseq)
+
+    def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        self._write(self._op_set_subscribed, account_id, name, subscribed)
+
+    @staticmethod
+    def _op_set_subscribed(
+        conn: sqlite3.Connection, batch: _Batch, account_id: int, name: str, on: bool
+    ) -> None:
+        if on:
+            conn.execute(
+                "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?,?)",
+                (account_id, name),
+            )
+        else:
+            conn.execute(
+                "DELETE FROM subscriptions WHERE account_id=? AND name=?", (account_id, name)
+            )
+
+    def list_subscriptions(self, account_id: int) -> list[str]:
+        rows = self._reader().execute(
+            "SELECT name FROM subscriptions WHERE account_id=? ORDER BY name", (account_id,)
+        )
+        return [r[0] for r in rows]
+
+    # ---- IMAP: messages -----------------------------------------------------------------------
+
+    def _allocate(
+        self, conn: sqlite3.Connection, mailbox_id: int, count: int
+    ) -> tuple[int, int, int]:
+        """Reserve ``count`` UIDs and one new MODSEQ; returns (account_id, first uid, modseq)."""
+        row = conn.execute(
+            "SELECT account_id, uidnext, highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no mailbox id {mailbox_id}")
+        account_id, first, modseq = row[0], row[1], row[2] + 1
+        conn.execute(
+            "UPDATE mailboxes SET uidnext=?, highestmodseq=? WHERE id=?",
+            (first + count, modseq, mailbox_id),
+        )
+        return account_id, first, modseq
+
+    def _check_quota(self, conn: sqlite3.Connection, account_id: int, size: int, n: int) -> None:
+        row = conn.execute(
+            f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no account id {account_id}")
+        account = self._account(row)
+        over = account.would_exceed(size, n)
+        if over:
+            raise OverQuota(account.name, over)
+
+    def append(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[MessageMeta]:
+        return self._write(self._op_append, mailbox_id, list(items))
+
+    async def aappend(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[MessageMeta]:
+        return await self.awrite(self._op_append, mailbox_id, list(items))
+
+    def _op_append(
+        self, conn: sqlite3.Connection, batch: _Batch, mailbox_id: int, items: list[AppendItem]
+    ) -> list[MessageMeta]:
+        """APPEND / MULTIAPPEND (RFC 3502): all messages or none; quota checked first."""
+        try:
+            account_id = self._mailbox_account(conn, mailbox_id)
+            self._check_quota(conn, account_id, sum(i.blob.size for i in items), len(items))
+        except BaseException:
+            for item in items:
+                self.discard(item.blob)
+            raise
+        _acc, uid, modseq = self._allocate(conn, mailbox_id, len(items))
+        now = int(time.time())
+        out: list[MessageMeta] = []
+        for item in items:
+            self._ref_blob(conn, batch, item.blob, 1)
+            keywords = _clean_keywords(item.keywords)
+            meta = self._insert(
+                conn, mailbox_id, uid, modseq, item.flags, keywords, item.internal_date, now,
+                item.blob.size, item.blob.sha256,
+            )  # fmt: skip
+            out.append(meta)
+            batch.changes.append(
+                MessageAdded(account_id, mailbox_id, uid, modseq, item.flags, keywords)
+            )
+            uid += 1
+        conn.execute(
+            "UPDATE accounts SET used_bytes=used_bytes+?, used_messages=used_messages+? WHERE id=?",
+            (sum(m.size for m in out), len(out), account_id),
+        )
+        return out
+
+    @staticmethod
+    def _mailbox_account(conn: sqlite3.Connection, mailbox_id: int) -> int:
+        row = conn.execute("SELECT account_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no mailbox id {mailbox_id}")
+        return int(row[0])
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection, mailbox_id: int, uid: int, modseq: int, flags: Flag,
+        keywords: tuple[str, ...], internal_date: int, save_date: int, size: int, blob: str,
+    ) -> MessageMeta:  # fmt: skip
+        cur = conn.execute(
+            "INSERT INTO messages(mailbox_id, uid, modseq, flags, keywords, internal_date,"
+            " save_date, size, blob) VALUES (?,?,?,?,?,?,?,?,?)",
+            (mailbox_id, uid, modseq, int(flags), " ".join(keywords), internal_date, save_date,
+             size, blob),
+        )  # fmt: skip
+        assert cur.lastrowid is not None
+        return MessageMeta(
+            cur.lastrowid, mailbox_id, uid, modseq, flags, keywords, internal_date, save_date,
+            size, blob,
+        )  # fmt: skip
+
+    def copy_messages(self, src: int, uids: Iterable[int], dst: int) -> list[tuple[int, int]]:
+        return self._write(self._op_copy, src, sorted(set(uids)), dst, False)
+
+    async def acopy_messages(
+        self, src: int, uids: Iterable[int], dst: int
+    ) -> list[tuple[int, int]]:
+        return await self.awrite(self._op_copy, src, sorted(set(uids)), dst, False)
+
+    def move_messages(self, src: int, uids: Iterable[int], dst: int) -> list[tuple[int, int]]:
+        return self._write(self._op_copy, src, sorted(set(uids)), dst, True)
+
+    async def amove_messages(
+        self, src: int, uids: Iterable[int], dst: int
+    ) -> list[tuple[int, int]]:
+        return await self.awrite(self._op_copy, src, sorted(set(uids)), dst, True)
+
+    def _op_copy(
+        self, conn: sqlite3.Connection, batch: _Batch, src: int, uids: list[int], dst: int,
+        move: bool,
+    ) -> list[tuple[int, int]]:  # fmt: skip
+        """COPY (RFC 9051 §6.4.7) and MOVE (RFC 6851): flags and internal date travel along.
+
+        A copy counts against the quota (all or nothing); a move within the account does not.
+        """
+        account_id = self._mailbox_account(conn, src)
+        if self._mailbox_account(conn, dst) != account_id:
+            raise StoreError("messages can only be copied within one account")
+        rows: list[Any] = []
+        for uid in uids:
+            row = conn.execute(
+                "SELECT uid, flags, keywords, internal_date, size, blob FROM messages"
+                " WHERE mailbox_id=? AND uid=?",
+                (src, uid),
+            ).fetchone()
+            if row is not None:
+                rows.append(row)
+        if not rows:
+            return []
+        total = sum(r[4] for r in rows)
+        if not move:
+            self._check_quota(conn, account_id, total, len(rows))
+        _acc, new_uid, modseq = self._allocate(conn, dst, len(rows))
+        now = int(time.time())
+        pairs: list[tuple[int, int]] = []
+        for old_uid, flags, kw, idate, size, blob in rows:
+            keywords = tuple(kw.split()) if kw else ()
+            self._insert(conn, dst, new_uid, modseq, Flag(flags), keywords, idate, now, size, blob)
+            conn.execute("UPDATE blobs SET refs=refs+1 WHERE sha256=?", (blob,))
+            batch.changes.append(
+                MessageAdded(account_id, dst, new_uid, modseq, Flag(flags), keywords)
+            )
+            pairs.append((old_uid, new_uid))
+            new_uid += 1
+        conn.execute(
+            "UPDATE accounts SET used_bytes=used_bytes+?, used_messages=used_messages+? WHERE id=?",
+            (total, len(rows), account_id),
+        )
+        if move:
+            self._op_expunge(conn, batch, src, [p[0] for p in pairs])
+        return pairs
+
+    def store_flags(
+        self, mailbox_id: int, uids: Iterable[int], mode: str, flags: Flag,
+        keywords: Sequence[str] = (), unchangedsince: int | None = None,
+    ) -> FlagResult:  # fmt: skip
+        return self._write(
+            self._op_store_flags, mailbox_id, sorted(set(uids)), mode, flags, tuple(keywords),
+            unchangedsince,
+        )  # fmt: skip
+
+    async def astore_flags(
+        self, mailbox_id: int, uids: Iterable[int], mode: str, flags: Flag,
+        keywords: Sequence[str] = (), unchangedsince: int | None = None,
+    ) -> FlagResult:  # fmt: skip
+        return await self.awrite(
+            self._op_store_flags, mailbox_id, sorted(set(uids)), mode, flags, tuple(keywords),
+            unchangedsince,
+        )  # fmt: skip
+
+    def _op_store_flags(
+        self, conn: sqlite3.Connection, batch: _Batch, mailbox_id: int, uids: list[int],
+        mode: str, flags: Flag, keywords: tuple[str, ...], unchangedsince: int | None,
+    ) -> FlagResult:  # fmt: skip
+        """STORE (RFC 9051 §6.4.6) with UNCHANGEDSINCE (RFC 7162 §3.1.3).
+
+        Only messages whose flags really change get the new MODSEQ (one per command).
+        """
+        if mode not in ("set", "add", "remove"):
+            raise StoreError(f"bad flag mode {mode!r}")
+        account_id = self._mailbox_account(conn, mailbox_id)
+        kw_in = _clean_keywords(keywords)
+        changed: list[MessageMeta] = []
+        failed: list[int] = []
+        modseq: int | None = None
+        for uid in uids:
+            row = conn.execute(
+                f"SELECT {self._MESSAGE_COLS} FROM messages WHERE mailbox_id=? AND uid=?",
+                (mailbox_id, uid),
+            ).fetchone()
+            if row is None:
+                continue
+            meta = self._message(row)
+            if unchangedsince is not None and meta.modseq > unchangedsince:
+                failed.append(uid)
+                continue
+            if mode == "set":
+                new_flags, new_kw = flags, kw_in
+            elif mode == "add":
+                new_flags = meta.flags | flags
+                new_kw = _clean_keywords(meta.keywords + kw_in)
+            else:
+                new_flags = meta.flags & ~flags
+                drop = {k.lower() for k in kw_in}
+                new_kw = tuple(k for k in meta.keywords if k.lower() not in drop)
+            if new_flags == meta.flags and {k.lower() for k in new_kw} == {
+                k.lower() for k in meta.keywords
+            }:
+                continue
+            if modseq is None:
+                (modseq,) = conn.execute(
+                    "SELECT highestmodseq + 1 FROM mailboxes WHERE id=?", (mailbox_id,)
+                ).fetchone()
+                conn.execute(
+                    "UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id)
+                )
+            assert modseq is not None
+            conn.execute(
+                "UPDATE messages SET flags=?, keywords=?, modseq=? WHERE id=?",
+                (int(new_flags), " ".join(new_kw), modseq, meta.id),
+            )
+            new = MessageMeta(
+                meta.id, mailbox_id, uid, modseq, new_flags, new_kw, meta.internal_date,
+                meta.save_date, meta.size, meta.blob,
+            )  # fmt: skip
+            changed.append(new)
+            batch.changes.append(
+                FlagsChanged(account_id, mailbox_id, uid, modseq, new_flags, new_kw)
+            )
+        return FlagResult(changed, failed)
+
+    def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageMeta], list[int]]:
+        """CONDSTORE/QRESYNC: messages changed after ``modseq`` and UIDs expunged after it."""
+        conn = self._reader()
+        changed = [
+            self._message(r)
+            for r in conn.execute(
+                f"SELECT {self._MESSAGE_COLS} FROM messages WHERE mailbox_id=? AND modseq>?"
+                " ORDER BY uid",
+                (mailbox_id, modseq),
+            )
+        ]
+        vanished = [
+            r[0]
+            for r in conn.execute(
+                "SELECT uid FROM expunged WHERE mailbox_id=? AND modseq>? ORDER BY uid",
+                (mailbox_id, modseq),
+            )
+        ]
+        return changed, vanished
 
     # ---- consistency --------------------------------------------------------------------------
 
