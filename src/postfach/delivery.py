@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from postfach.dsn import FailedRecipient, build_dsn
 from postfach.errors import DiskFull, SmtpError
 from postfach.mime.structure import normalize_crlf
 from postfach.store.api import Account
@@ -117,7 +118,8 @@ class DeliveryTxn:
         s = self.service
         if has_smuggling(data):
             raise SmtpError(550, "5.5.2", "Message refused: bare CR or LF next to a dot line")
-        message = s.trace_headers(self) + normalize_crlf(data)
+        message = s.trace_headers(self.mail_from, self.helo, self.peer_ip, self.protocol)
+        message += normalize_crlf(data)
         if len(message) > s.settings.max_message_size:
             raise SmtpError(552, "5.3.4", "Message too big for this system")
         loop = asyncio.get_running_loop()
@@ -154,6 +156,45 @@ class DeliveryTxn:
         )  # fmt: skip
         return outcomes
 
+    async def bounce(self, failed: list[RcptOutcome], data: bytes) -> bool:
+        """Tell the sender about recipients refused after DATA was accepted for others.
+
+        Never to the null sender (RFC 5321 §4.5.5). A local sender gets the DSN in their INBOX
+        at once; a remote sender needs the outbound queue, which does not exist yet, so that
+        case is logged. Returns whether a DSN was stored.
+        """
+        s = self.service
+        if not self.mail_from or not failed:
+            return False
+        names = s.store.resolve(self.mail_from) if s.store.is_local_domain(
+            self.mail_from.rpartition("@")[2]
+        ) else None  # fmt: skip
+        if not names:
+            log.warning(
+                "event=bounce_not_sent reason=no_outbound_queue sender=<%s> rcpts=%s",
+                self.mail_from[:200], ",".join(o.address for o in failed)[:500],
+            )  # fmt: skip
+            return False
+        dsn = build_dsn(
+            reporting_mta=s.settings.hostname,
+            sender=self.mail_from,
+            recipients=[
+                FailedRecipient(o.address, o.error.enhanced, o.error.reply())
+                for o in failed
+                if o.error is not None
+            ],
+            original=data,
+            now=time.time(),
+            boundary=secrets.token_hex(12),
+            message_id=f"{secrets.token_hex(12)}@{s.settings.hostname}",
+        )
+        local = s.settings.hostname
+        message = s.trace_headers("", local, "127.0.0.1", "LOCAL") + dsn
+        blob = await asyncio.get_running_loop().run_in_executor(None, s.prepare, message)
+        ids = [acc.id for n in names if (acc := s.store.get_account(n)) is not None]
+        results = await s.store.adeliver(ids, blob, int(time.time()))
+        return any(r.message is not None for r in results)
+
 
 class LocalDelivery:
     def __init__(
@@ -182,15 +223,15 @@ class LocalDelivery:
         structure = self._structure(message) if self._structure else None
         return self.store.stage(message, structure)
 
-    def trace_headers(self, txn: DeliveryTxn) -> bytes:
+    def trace_headers(self, mail_from: str, helo: str, peer_ip: str, protocol: str) -> bytes:
         """Return-Path and Received (RFC 5321 §4.4), shared by every recipient's copy."""
         queue_id = secrets.token_hex(6)
         date = email.utils.formatdate(localtime=False, usegmt=True)
-        helo = re.sub(r"[^\x21-\x7e]", "?", txn.helo)[:255] or "unknown"
+        helo = re.sub(r"[^\x21-\x7e]", "?", helo)[:255] or "unknown"
         received = (
-            f"Received: from {helo} ([{txn.peer_ip}])\r\n"
-            f"\tby {self.settings.hostname} (postfach) with {txn.protocol} id {queue_id};\r\n"
+            f"Received: from {helo} ([{peer_ip}])\r\n"
+            f"\tby {self.settings.hostname} (postfach) with {protocol} id {queue_id};\r\n"
             f"\t{date}\r\n"
         )
-        sender = txn.mail_from.replace("\r", "").replace("\n", "")
+        sender = mail_from.replace("\r", "").replace("\n", "")
         return f"Return-Path: <{sender}>\r\n{received}".encode("utf-8", "surrogateescape")

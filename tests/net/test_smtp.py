@@ -228,3 +228,21 @@ def test_smtputf8_address(server: RunningServer) -> None:
         assert s.rcpt("jörg@example.org")[0] == 250
         assert s.data("Subject: grüße\r\n\r\nhallo\r\n".encode())[0] == 250
     assert len(inbox_bytes(server, "alice@example.org")) == 1
+
+
+def test_partial_delivery_bounces_to_a_local_sender(server: RunningServer) -> None:
+    server.add_user("alice@example.org", quota=2000)
+    server.add_user("carol@example.org")
+    server.add_user("bob@example.org")
+    with smtplib.SMTP("127.0.0.1", server.port("smtp")) as s:
+        s.ehlo("x")
+        s.mail("bob@example.org")  # no SIZE: the quota only shows at end of DATA
+        assert s.rcpt("alice@example.org")[0] == 250
+        assert s.rcpt("carol@example.org")[0] == 250
+        assert s.data(message("big one", size=3000))[0] == 250
+    assert len(inbox_bytes(server, "carol@example.org")) == 1
+    assert inbox_bytes(server, "alice@example.org") == []
+    [bounce] = inbox_bytes(server, "bob@example.org")
+    assert b"Return-Path: <>" in bounce
+    assert b"Final-Recipient: rfc822; alice@example.org" in bounce
+    assert b"Status: 5.2.2" in bounce and b"Subject: big one" in bounce

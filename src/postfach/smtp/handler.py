@@ -137,12 +137,12 @@ class InboundHandler:
             err = failed[0].error
             assert err is not None
             return err.reply()
-        # Mixed: the message is stored for some recipients, so the transaction must succeed;
-        # the refused ones are named in the log (bounces come with the outbound queue).
-        log.warning(
-            "event=partial_delivery refused=%s",
-            ",".join(f"<{o.address}>" for o in failed)[:500],
-        )
+        # Mixed: the message is stored for some recipients, so the transaction must succeed and
+        # the sender learns about the others from a DSN (RFC 5321 §6.1).
+        try:
+            await txn.bounce(failed, data)
+        except Exception:
+            log.exception("event=bounce_failed")
         return S250_OK
 
 
