@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from typing import Any
 
@@ -24,6 +25,52 @@ S250_SENDER_OK = "250 2.1.0 Sender OK"
 S250_RCPT_OK = "250 2.1.5 Recipient OK"
 S451_LOCAL_ERROR = "451 4.3.0 Local error, try again later"
 S503_MAIL_FIRST = "503 5.5.1 Error: need MAIL command"
+
+
+EHLO_LAST = "250 ENHANCEDSTATUSCODES"
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+# RFC 3463 codes for the replies aiosmtpd writes itself (syntax errors, RSET, QUIT, ...).
+_ENHANCED_FOR = {
+    "220": "2.0.0", "221": "2.0.0", "250": "2.0.0", "251": "2.1.5", "252": "2.0.0",
+    "421": "4.3.0", "451": "4.3.0", "452": "4.3.1", "500": "5.5.2", "501": "5.5.4",
+    "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8",
+    "552": "5.3.4", "554": "5.0.0", "555": "5.5.4",
+}  # fmt: skip
+
+
+def with_enhanced_code(line: str) -> str:
+    """Add an RFC 2034 enhanced status code to a reply line that lacks one."""
+    code = line[:3]
+    if len(line) < 4 or line[3] not in " -" or _HAS_ENHANCED.match(line):
+        return line
+    enhanced = _ENHANCED_FOR.get(code) or {"2": "2.0.0", "4": "4.0.0", "5": "5.0.0"}.get(code[0])
+    if enhanced is None:  # 3xx intermediate replies (354, 334) carry none
+        return line
+    return f"{line[:4]}{enhanced} {line[4:]}"
+
+
+class _EnhancedCodes:
+    """Mixin: every reply after EHLO carries an enhanced status code (RFC 2034 §3)."""
+
+    async def push(self, status: str | bytes) -> None:
+        session = getattr(self, "session", None)
+        ehlo_line = isinstance(status, str) and (status.startswith("250-") or status == EHLO_LAST)
+        if (
+            isinstance(status, str)
+            and session is not None
+            and session.extended_smtp
+            and not ehlo_line
+        ):
+            status = "\r\n".join(with_enhanced_code(x) for x in status.split("\r\n"))
+        await super().push(status)  # type: ignore[misc]
+
+
+class PostfachSMTP(_EnhancedCodes, SMTP):
+    pass
+
+
+class PostfachLMTP(_EnhancedCodes, LMTP):
+    pass
 
 
 def _txn(envelope: Envelope) -> DeliveryTxn | None:
@@ -47,9 +94,11 @@ class InboundHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        # aiosmtpd handles pipelined commands; advertise it, and the enhanced codes we send.
-        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
-        return [*responses[:-1], *extra, responses[-1]]
+        # aiosmtpd handles pipelined commands: advertise it, and the enhanced codes we send.
+        # No AUTH on this listener (inbound mail needs none; submission is another port), and
+        # the last line is a keyword of ours so `push` can tell the EHLO answer apart.
+        keep = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return [*keep, "250-PIPELINING", EHLO_LAST]
 
     async def handle_MAIL(
         self,
@@ -159,7 +208,7 @@ def make_smtp_factory(
     handler = InboundHandler(delivery, lmtp=lmtp)
 
     def factory() -> SMTP:
-        cls = LMTP if lmtp else SMTP
+        cls = PostfachLMTP if lmtp else PostfachSMTP
         return cls(
             handler,
             hostname=hostname,
