@@ -20,8 +20,8 @@ EPHEMERAL = {
     "POSTFACH_POP3S": "127.0.0.1:0",
     "POSTFACH_SUBMISSION": "off",
     "POSTFACH_SUBMISSIONS": "off",
-    "POSTFACH_IMAP": "off",
-    "POSTFACH_IMAPS": "off",
+    "POSTFACH_IMAP": "127.0.0.1:0",
+    "POSTFACH_IMAPS": "127.0.0.1:0",
     "POSTFACH_HTTP": "off",
     "POSTFACH_HOSTNAME": "mx.example.org",
 }

@@ -13,12 +13,15 @@ import logging
 import os
 import signal
 import ssl
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from postfach.auth.passwords import Authenticator
 from postfach.config import Address, Config, ConfigError
 from postfach.delivery import DeliverySettings, LocalDelivery
+from postfach.imap.server import start_imap_server
+from postfach.imap.session import ImapBackend, ImapSettings
 from postfach.maildrop import StorePop3Backend
 from postfach.mime.stored import parse_for_storage
 from postfach.pop3.server import start_pop3_server
@@ -67,6 +70,14 @@ class App:
 
     async def start(self) -> None:
         cfg = self.config
+        # Before any listener exists, so a SIGTERM from a supervisor that saw a port open is
+        # always a graceful stop (not the default action, which kills the process).
+        self._stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self._stopped.set)
         self.store = store = open_store(cfg.data_dir)
         self.hub.bind(asyncio.get_running_loop())
         store.set_publisher(self.hub.publish)
@@ -86,7 +97,6 @@ class App:
         )
         auth = Authenticator(store.password_hash)
         pop3_backend = StorePop3Backend(store, self.hub, auth)
-        loop = asyncio.get_running_loop()
         ls = cfg.listeners
         try:
             for name, addr, lmtp in (("smtp", ls.smtp, False), ("lmtp", ls.lmtp, True)):
@@ -123,10 +133,35 @@ class App:
                         implicit_tls=implicit,
                     ),
                 )
+            imap_backend = ImapBackend(store, self.hub, auth.authenticate)
+            for name, addr, implicit in (("imap", ls.imap, False), ("imaps", ls.imaps, True)):
+                if addr is None:
+                    continue
+                imap_settings = ImapSettings(
+                    hostname=cfg.hostname,
+                    tls_available=True,
+                    allow_plaintext=cfg.allow_plaintext,
+                    allow_plaintext_on_loopback=cfg.allow_plaintext_on_loopback,
+                    max_message_size=cfg.max_message_size,
+                    # RFC 9051 §5.4; Config may carry its own values (tests shorten them).
+                    autologout_authenticated=getattr(cfg, "imap_autologout", 30 * 60.0),
+                    autologout_unauthenticated=getattr(cfg, "imap_login_timeout", 60.0),
+                )
+                await self._listen(
+                    name,
+                    addr,
+                    start_imap_server(
+                        imap_backend,
+                        imap_settings,
+                        addr[0],
+                        addr[1],
+                        ssl_context=tls,
+                        implicit_tls=implicit,
+                    ),
+                )
         except BaseException:
             await self.stop()
             raise
-        self._stopped = asyncio.Event()
 
     async def _listen(self, name: str, addr: Address, coro: object) -> None:
         try:
@@ -149,10 +184,6 @@ class App:
 
     async def serve_forever(self) -> None:
         assert self._stopped is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopped.set)
         await self._stopped.wait()
         await self.stop()
 

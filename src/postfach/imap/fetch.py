@@ -1,0 +1,436 @@
+"""One ``* n FETCH (...)`` response for one message (pure core).
+
+Built from the message's `MessageMeta`, its MIME tree parsed once at delivery (`Parsed`) and a
+bytes accessor that is only called when an item needs the message's octets (BODY[...], BINARY,
+RFC822*, PREVIEW, THREADID). Every section is an exact byte range of the stored message; nothing
+is re-serialised (DESIGN.md "The store"). The response comes back as a list of byte chunks so the
+server can ``writelines`` it without copying a big body into a bigger string.
+
+Rules implemented here:
+
+- Items and their syntax: RFC 9051 §6.4.5 (FETCH) and §7.5.2 (FETCH response); RFC 3501 §6.4.5
+  for the IMAP4rev1-only items (RFC822, RFC822.HEADER, RFC822.TEXT).
+- ``BODY.PEEK[...]`` is answered as ``BODY[...]``; a partial ``<origin.count>`` is answered as
+  ``<origin>`` with at most ``count`` octets; an origin past the end gives an empty string
+  (RFC 9051 §6.4.5). A section that does not exist (part number out of range, HEADER or TEXT of
+  a part that is not a message) is answered with NIL, as Dovecot does.
+- \\Seen is implied by BODY[...] (not PEEK), BINARY[...] (not PEEK), RFC822 and RFC822.TEXT
+  (RFC 9051 §6.4.5, RFC 3516 §4.2); never in a read-only (EXAMINE) session (RFC 9051 §6.3.3).
+- BINARY / BINARY.SIZE (RFC 3516): the content transfer encoding of a leaf part is undone
+  (base64, quoted-printable; 7bit/8bit/binary are identity). Any other encoding raises
+  `UnknownCte`, which the session answers with ``NO [UNKNOWN-CTE]`` (RFC 3516 §4.3). Multipart
+  and message parts and ``BINARY[]`` are returned as stored. Content with a NUL octet is sent as
+  a literal8 ``~{n}`` (RFC 3516 §4.2), anything else as an ordinary literal.
+- MODSEQ: RFC 7162 §3.1.4.1. With CONDSTORE enabled, a response that carries a \\Seen flag set
+  implicitly by this FETCH also carries UID and MODSEQ (RFC 7162 §3.1).
+- SAVEDATE: RFC 8514 §4 (``SAVEDATE "date-time"``).
+- EMAILID / THREADID: RFC 8474 §5. EMAILID is ``M`` + the first 24 hex digits of the blob's
+  sha256: every copy of the same octets (COPY, MOVE, a delivery to several local recipients) has
+  the same id, and different octets a different one. THREADID is ``T`` + the first 24 hex digits
+  of the sha256 of the thread's root Message-ID, taken as the first msg-id of References, else of
+  In-Reply-To, else the message's own Message-ID (a message without any gets ``T`` + its blob
+  hash: a thread of one). Well-formed threads (References starting at the root) share one id.
+- PREVIEW: RFC 8970 §3, computed on demand (also for ``PREVIEW (LAZY)``).
+
+Messages may contain octets IMAP4rev1 literals do not allow (NUL): BODY[] sends the stored octets
+unchanged; clients that care use BINARY.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from postfach.imap.commands import FetchAttr, FetchBinarySize, FetchItem, FetchSection
+from postfach.imap.response import astring, flag_list, format_date_time, nstring
+from postfach.mime.stored import Parsed
+from postfach.mime.structure import (
+    Part,
+    find_section,
+    header_fields,
+    imap_body,
+    imap_bodystructure,
+    imap_envelope,
+    preview,
+    section_range,
+)
+from postfach.store.api import Flag, MessageMeta
+
+__all__ = [
+    "FetchResponse",
+    "UnknownCte",
+    "email_id",
+    "fetch_response",
+    "format_flags",
+    "implies_seen",
+    "needs_data",
+    "thread_id",
+]
+
+
+class UnknownCte(Exception):
+    """BINARY of a part whose Content-Transfer-Encoding we cannot decode (RFC 3516 §4.3).
+
+    The session answers the command with ``NO [UNKNOWN-CTE]``.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"unknown content transfer encoding {encoding!r}")
+        self.encoding = encoding
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResponse:
+    """The response as chunks (for ``writelines``) and whether \\Seen must now be stored."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    set_seen: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers shared with the view
+# --------------------------------------------------------------------------------------------
+
+
+def format_flags(flags: Flag, keywords: Sequence[str]) -> bytes:
+    """``(\\Seen $Forwarded)``: the flag-list of a FETCH FLAGS item (RFC 9051 §7.5.2)."""
+    return flag_list([*flags.names(), *keywords]).encode("utf-8", "surrogateescape")
+
+
+def implies_seen(items: Sequence[FetchItem]) -> bool:
+    """True when these items set \\Seen on an unseen message (RFC 9051 §6.4.5).
+
+    Lets the session store \\Seen *before* building the responses, so they show the stored flags
+    and, with CONDSTORE, the new MODSEQ (pass ``flags_changed=True`` to `fetch_response`).
+    """
+    for item in items:
+        if isinstance(item, FetchSection):
+            if not item.peek:
+                return True
+        elif isinstance(item, FetchAttr) and item.name in ("RFC822", "RFC822.TEXT"):
+            return True
+    return False
+
+
+def needs_data(items: Sequence[FetchItem]) -> bool:
+    """True when answering these items reads the message octets (not only meta and structure).
+
+    BINARY.SIZE of a part without a transfer encoding is answered from the structure; this
+    function still says True for it (the session may load lazily anyway: the accessor passed to
+    `fetch_response` is only called when needed).
+    """
+    for item in items:
+        if isinstance(item, (FetchSection, FetchBinarySize)):
+            return True
+        if isinstance(item, FetchAttr) and item.name in _DATA_ATTRS:
+            return True
+    return False
+
+
+_DATA_ATTRS: Final = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT", "PREVIEW", "THREADID"})
+
+
+def email_id(meta: MessageMeta) -> str:
+    """RFC 8474 EMAILID: the same for every copy of the same octets (see module docstring)."""
+    return "M" + meta.blob[:24]
+
+
+_MSG_ID = re.compile(rb"<[^<>\s]*>")
+
+
+def thread_id(meta: MessageMeta, parsed: Parsed, data: bytes) -> str:
+    """RFC 8474 THREADID derived from the thread's root Message-ID (see module docstring)."""
+    root = parsed.part
+    refs = header_fields(data, root.header_start, root.header_end, ("references",), False)
+    m = _MSG_ID.search(refs)
+    if m is None and parsed.envelope.in_reply_to:
+        m = _MSG_ID.search(parsed.envelope.in_reply_to.encode("utf-8", "surrogateescape"))
+    if m is None and parsed.envelope.message_id:
+        m = _MSG_ID.search(parsed.envelope.message_id.encode("utf-8", "surrogateescape"))
+    if m is None:
+        return "T" + meta.blob[:24]
+    return "T" + hashlib.sha256(m.group()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer decoding for BINARY (RFC 3516)
+# --------------------------------------------------------------------------------------------
+
+_IDENTITY: Final = frozenset({"7bit", "8bit", "binary"})
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]+")
+
+
+def _b64decode(raw: bytes) -> bytes:
+    """Lenient base64 as mail readers do: junk is skipped, missing padding tolerated."""
+    clean = _B64_JUNK.sub(b"", raw)
+    rest = len(clean) % 4
+    if rest == 1:
+        clean = clean[:-1]
+    elif rest:
+        clean += b"=" * (4 - rest)
+    return binascii.a2b_base64(clean)
+
+
+def _binary_node(part: Part, section: tuple[int, ...]) -> Part | None:
+    return part if not section else find_section(part, section)
+
+
+def _decoded(node: Part, data: bytes, whole: bool) -> bytes:
+    """The content of ``node`` with its transfer encoding undone (RFC 3516 §4.2)."""
+    if whole:  # BINARY[]: the message as stored
+        return data[node.header_start : node.body_end]
+    raw = data[node.body_start : node.body_end]
+    if node.children or node.message is not None:
+        return raw  # RFC 2045 §6.4: composite types carry no encoding of their own
+    encoding = node.encoding
+    if encoding in _IDENTITY:
+        return raw
+    if encoding == "base64":
+        return _b64decode(raw)
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(raw)
+    raise UnknownCte(encoding)
+
+
+# --------------------------------------------------------------------------------------------
+# The response
+# --------------------------------------------------------------------------------------------
+
+
+def _section_text(item: FetchSection) -> str:
+    """The section as echoed in the response: ``1.2.HEADER.FIELDS (FROM TO)``."""
+    parts = ".".join(str(n) for n in item.part)
+    spec = item.spec.upper()
+    if spec:
+        parts = f"{parts}.{spec}" if parts else spec
+        if spec.startswith("HEADER.FIELDS"):
+            fields = b" ".join(astring(f) for f in item.fields).decode("utf-8", "surrogateescape")
+            parts += f" ({fields})"
+    return parts
+
+
+class _Builder:
+    """Collects text and literals; literals become chunks of their own (never copied)."""
+
+    __slots__ = ("chunks", "text")
+
+    def __init__(self, head: bytes) -> None:
+        self.text: list[bytes] = [head]
+        self.chunks: list[bytes] = []
+
+    def add(self, piece: bytes) -> None:
+        self.text.append(piece)
+
+    def octets(self, value: bytes | None, binary: bool = False) -> None:
+        """A body as a literal (literal8 when it holds NUL and ``binary``), or NIL."""
+        if value is None:
+            self.text.append(b"NIL")
+            return
+        if not value:
+            self.text.append(b'""')
+            return
+        self.text.append(b"~" if binary and b"\x00" in value else b"")
+        self.text.append(b"{%d}\r\n" % len(value))
+        self.chunks.append(b"".join(self.text))
+        self.chunks.append(value)
+        self.text = []
+
+    def finish(self) -> list[bytes]:
+        self.text.append(b")\r\n")
+        self.chunks.append(b"".join(self.text))
+        return self.chunks
+
+
+def _partial(value: bytes | None, partial: tuple[int, int] | None) -> bytes | None:
+    if value is None or partial is None:
+        return value
+    origin, count = partial
+    if origin == 0 and count >= len(value):
+        return value  # no copy
+    return value[origin : origin + count]
+
+
+def fetch_response(
+    seq: int,
+    meta: MessageMeta,
+    items: Sequence[FetchItem],
+    *,
+    parsed: Callable[[], Parsed],
+    data: Callable[[], bytes],
+    uid: bool = False,
+    condstore: bool = False,
+    flags_changed: bool = False,
+    readonly: bool = False,
+    imap4rev2: bool = False,
+    utf8: bool = False,
+) -> FetchResponse:
+    """Build ``* seq FETCH (...)`` for one message.
+
+    ``parsed`` and ``data`` are called at most once each, and only when an item needs them.
+    ``uid``: a UID FETCH: UID is always included (RFC 9051 §6.4.9), first unless the items
+    name it. Items are answered in the order given, each once. ``flags_changed``: this
+    command changed the flags (the session stored an implied \\Seen before calling): FLAGS is
+    included even if not asked for (RFC 9051 §6.4.5), and with ``condstore`` UID and MODSEQ too
+    (RFC 7162 §3.1). ``readonly``: EXAMINE, \\Seen is never implied. ``imap4rev2``: the client
+    enabled IMAP4rev2 (message/global in BODYSTRUCTURE, RFC 9051 §7.5.2); ``utf8``: IMAP4rev2 or
+    UTF8=ACCEPT is in effect, so PREVIEW text may be a UTF-8 quoted string (RFC 9051 §4.3).
+
+    If the items imply \\Seen and ``meta`` lacks it (and not ``readonly``), the result has
+    ``set_seen=True`` and the FLAGS shown already include \\Seen: the session must store it. Its
+    MODSEQ (if asked for) is the one before that store; sessions with CONDSTORE should rather
+    store first (see `implies_seen`).
+
+    Raises `UnknownCte` for BINARY of a part with an unknown transfer encoding.
+    """
+    set_seen = not readonly and not (meta.flags & Flag.SEEN) and implies_seen(items)
+    flags = meta.flags | Flag.SEEN if set_seen else meta.flags
+    flags_changed = flags_changed or set_seen
+
+    loaded: list[Parsed] = []
+    octets: list[bytes] = []
+
+    def get_parsed() -> Parsed:
+        if not loaded:
+            loaded.append(parsed())
+        return loaded[0]
+
+    def get_data() -> bytes:
+        if not octets:
+            octets.append(data())
+        return octets[0]
+
+    wanted: list[FetchItem] = []
+    seen_items: set[FetchItem] = set()
+    names = {i.name for i in items if isinstance(i, FetchAttr)}
+    if (uid or (flags_changed and condstore)) and "UID" not in names:
+        wanted.append(FetchAttr("UID"))
+    for item in items:
+        if item not in seen_items:
+            seen_items.add(item)
+            wanted.append(item)
+    if flags_changed and "FLAGS" not in names:
+        wanted.append(FetchAttr("FLAGS"))
+    if flags_changed and condstore and "MODSEQ" not in names:
+        wanted.append(FetchAttr("MODSEQ"))
+
+    out = _Builder(b"* %d FETCH (" % seq)
+    first = True
+    for item in wanted:
+        if not first:
+            out.add(b" ")
+        first = False
+        if isinstance(item, FetchAttr):
+            _attr(out, item, meta, flags, get_parsed, get_data, imap4rev2, utf8)
+        elif isinstance(item, FetchSection):
+            _section(out, item, get_parsed, get_data)
+        else:
+            _binary_size(out, item, get_parsed, get_data)
+    return FetchResponse(out.finish(), set_seen)
+
+
+def _attr(
+    out: _Builder,
+    item: FetchAttr,
+    meta: MessageMeta,
+    flags: Flag,
+    get_parsed: Callable[[], Parsed],
+    get_data: Callable[[], bytes],
+    imap4rev2: bool,
+    utf8: bool,
+) -> None:
+    name = item.name
+    if name == "UID":
+        out.add(b"UID %d" % meta.uid)
+    elif name == "FLAGS":
+        out.add(b"FLAGS " + format_flags(flags, meta.keywords))
+    elif name == "INTERNALDATE":
+        out.add(b"INTERNALDATE " + format_date_time(meta.internal_date).encode())
+    elif name == "RFC822.SIZE":
+        out.add(b"RFC822.SIZE %d" % meta.size)
+    elif name == "MODSEQ":  # RFC 7162 §3.1.4.1
+        out.add(b"MODSEQ (%d)" % meta.modseq)
+    elif name == "SAVEDATE":  # RFC 8514 §4
+        out.add(b"SAVEDATE " + format_date_time(meta.save_date).encode())
+    elif name == "EMAILID":  # RFC 8474 §5.1
+        out.add(b"EMAILID (" + email_id(meta).encode() + b")")
+    elif name == "THREADID":  # RFC 8474 §5.2
+        tid = thread_id(meta, get_parsed(), get_data())
+        out.add(b"THREADID (" + tid.encode() + b")")
+    elif name == "ENVELOPE":
+        out.add(b"ENVELOPE " + imap_envelope(get_parsed().envelope))
+    elif name == "BODYSTRUCTURE":
+        out.add(b"BODYSTRUCTURE " + imap_bodystructure(get_parsed().part, imap4rev2=imap4rev2))
+    elif name == "BODY":
+        out.add(b"BODY " + imap_body(get_parsed().part))
+    elif name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):  # RFC 3501 §6.4.5
+        spec = {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
+        span = section_range(get_parsed().part, (), spec)
+        body = get_data()
+        out.add(name.encode() + b" ")
+        out.octets(None if span is None else body[span[0] : span[1]])
+    elif name == "PREVIEW":  # RFC 8970 §3
+        out.add(b"PREVIEW " + nstring(preview(get_data(), get_parsed().part), utf8=utf8))
+    else:
+        raise ValueError(f"unknown FETCH item {name!r}")
+
+
+def _section(
+    out: _Builder,
+    item: FetchSection,
+    get_parsed: Callable[[], Parsed],
+    get_data: Callable[[], bytes],
+) -> None:
+    label = b"BINARY[" if item.binary else b"BODY["
+    out.add(label + _section_text(item).encode("utf-8", "surrogateescape") + b"]")
+    if item.partial is not None:
+        out.add(b"<%d>" % item.partial[0])
+    out.add(b" ")
+    root = get_parsed().part
+    value: bytes | None
+    if item.binary:  # RFC 3516 §4.2
+        node = _binary_node(root, item.part)
+        value = None if node is None else _decoded(node, get_data(), not item.part)
+        out.octets(_partial(value, item.partial), binary=True)
+        return
+    spec = item.spec.upper()
+    span = section_range(root, item.part, spec)
+    if span is None:
+        value = None
+    elif spec.startswith("HEADER.FIELDS"):
+        value = header_fields(get_data(), span[0], span[1], item.fields, spec.endswith(".NOT"))
+    else:
+        body = get_data()
+        value = body if span == (0, len(body)) else body[span[0] : span[1]]
+    out.octets(_partial(value, item.partial))
+
+
+def _binary_size(
+    out: _Builder,
+    item: FetchBinarySize,
+    get_parsed: Callable[[], Parsed],
+    get_data: Callable[[], bytes],
+) -> None:
+    out.add(b"BINARY.SIZE[" + ".".join(str(n) for n in item.part).encode() + b"] ")
+    node = _binary_node(get_parsed().part, item.part)
+    if node is None:
+        out.add(b"NIL")
+        return
+    whole = not item.part
+    if whole:
+        size = node.body_end - node.header_start
+    elif node.children or node.message is not None or node.encoding in _IDENTITY:
+        size = node.size
+    else:
+        size = len(_decoded(node, get_data(), False))
+    out.add(b"%d" % size)

@@ -1,0 +1,394 @@
+"""IMAP over TCP with asyncio (adapter ring): RFC 9051, RFC 3501, RFC 8314 (implicit TLS).
+
+One task per connection drives an `ImapSession`. As for POP3, the transport is a plain
+``asyncio.Protocol`` rather than streams so that STARTTLS is safe: every byte the client
+pipelined after ``STARTTLS`` is thrown away (by the session's framer and by this buffer), and
+``loop.start_tls`` swaps the transport's protocol before the event loop reads anything more, so
+no plaintext can be taken for data sent under TLS (RFC 9051 §6.2.1, "STARTTLS command
+injection").
+
+The session writes its responses through the `_Connection` (the `Output` contract in
+`postfach.imap.session`): large results (FETCH of many messages) are written as they are built,
+waiting for the client to read whenever the transport's buffer is full. Changes of the account
+that arrive while a session is idle (IDLE) are written by the session itself from the event loop.
+
+Log lines are ``key=value`` with a per-connection id; passwords and SASL data never appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any, Final, Self
+
+from postfach.imap.session import ImapBackend, ImapSession, ImapSettings, is_loopback_address
+
+__all__ = ["ImapServer", "start_imap_server"]
+
+log = logging.getLogger("postfach.imap")
+
+_READ_HIGH_WATER: Final = 256 * 1024  # stop reading from a client that sends faster than we parse
+_WRITE_HIGH_WATER: Final = 256 * 1024  # wait for the client to read before writing more
+_CLOSE_TIMEOUT: Final = 5.0  # how long a graceful close (TLS shutdown, flush) may take
+
+
+class _Connection(asyncio.Protocol):
+    """Buffers bytes in, offers awaitable read/drain, and runs the session in its own task."""
+
+    def __init__(self, server: ImapServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._inbuf = bytearray()
+        self._reading_paused = False
+        self._eof = False
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.conn_id = secrets.token_hex(4)
+        self.task: asyncio.Task[None] | None = None
+        self.session: ImapSession | None = None
+
+    # ---- asyncio.Protocol callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.task = self._loop.create_task(self._run())
+        self._server._track(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._inbuf += data
+        if len(self._inbuf) > _READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._wake_reader()
+        # Keep a plain TCP connection half-open so replies to the last commands still go out;
+        # the task closes it. (TLS transports cannot do half-close and ignore the answer.)
+        tls = self._transport is not None and self._transport.get_extra_info("sslcontext")
+        return None if tls else True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+
+    # ---- awaitable I/O -----------------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        if self._data_waiter is not None and not self._data_waiter.done():
+            self._data_waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def _read(self) -> bytes:
+        """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone."""
+        while not self._inbuf and not self._eof and not self._lost.done():
+            self._data_waiter = self._loop.create_future()
+            try:
+                await self._data_waiter
+            finally:
+                self._data_waiter = None
+        data = bytes(self._inbuf)
+        self._inbuf.clear()
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return data
+
+    # ---- the session's Output ----------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the client (silently dropped once the connection is going away)."""
+        t = self._transport
+        if t is None or t.is_closing() or not data:
+            return
+        t.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the client is not reading; raises ConnectionResetError once it is gone."""
+        if self._lost.done():
+            raise ConnectionResetError("connection lost")
+        t = self._transport
+        if not self._write_paused and (t is None or t.get_write_buffer_size() <= _WRITE_HIGH_WATER):
+            return
+        while self._write_paused:
+            if self._lost.done():
+                raise ConnectionResetError("connection lost")
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self._lost.done():
+            raise ConnectionResetError("connection lost")
+
+    async def start_tls(self) -> None:
+        """Upgrade after ``OK`` to STARTTLS. Must not yield before ``loop.start_tls`` runs."""
+        ctx = self._server.ssl_context
+        transport = self._transport
+        assert ctx is not None and transport is not None
+        self._inbuf.clear()  # plaintext pipelined after STARTTLS: injection attempt or junk
+        new_transport = await self._loop.start_tls(
+            transport,
+            self,
+            ctx,
+            server_side=True,
+            ssl_handshake_timeout=min(60.0, self._server.settings.autologout_unauthenticated),
+        )
+        if new_transport is None:  # pragma: no cover - only on a closed transport
+            raise ConnectionResetError("connection closed during TLS handshake")
+        self._transport = new_transport
+        self._reading_paused = False
+        self._inbuf.clear()
+        log.info(
+            "conn=%s event=starttls version=%s cipher=%s",
+            self.conn_id,
+            new_transport.get_extra_info("ssl_object").version(),
+            (new_transport.get_extra_info("cipher") or ("?",))[0],
+        )
+
+    # ---- the conversation --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        srv = self._server
+        transport = self._transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername")
+        remote_ip, remote_port = (str(peer[0]), peer[1]) if peer else ("", 0)
+        tls = transport.get_extra_info("sslcontext") is not None
+        session = self.session = ImapSession(
+            srv.backend,
+            srv.settings,
+            self,
+            remote_ip=remote_ip,
+            is_loopback=is_loopback_address(remote_ip),
+            tls_active=tls,
+            conn_id=self.conn_id,
+        )
+        log.info(
+            "conn=%s event=connect remote=%s port=%s tls=%s",
+            self.conn_id,
+            remote_ip,
+            remote_port,
+            "implicit" if tls else "no",
+        )
+        reason = "logout"
+        try:
+            session.greet()
+            while not session.closing:
+                try:
+                    async with asyncio.timeout(session.autologout):
+                        data = await self._read()
+                except TimeoutError:
+                    reason = "autologout"
+                    session.autologout_bye()
+                    break
+                if not data:
+                    reason = "disconnect"
+                    break
+                await session.feed(data)
+                if not session.closing:
+                    async with asyncio.timeout(session.autologout):
+                        await self.drain()
+            else:
+                reason = session.close_reason
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            if self.session is not None:
+                self.session.shutdown_bye()
+            raise
+        except TimeoutError:
+            reason = "write-timeout"
+        except (ConnectionError, ssl.SSLError) as exc:
+            reason = f"error:{type(exc).__name__}"
+        except Exception:
+            reason = "internal-error"
+            log.exception("conn=%s event=connection-error", self.conn_id)
+        finally:
+            try:
+                await session.close()
+            finally:
+                await self._close_transport()
+                log.info(
+                    "conn=%s event=disconnect reason=%s account=%r",
+                    self.conn_id,
+                    reason,
+                    session.account,
+                )
+
+    async def _close_transport(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.close()  # flushes what is buffered, TLS close_notify included
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            transport.abort()
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+
+    def shutdown(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class ImapServer(asyncio.AbstractServer):
+    """An IMAP listener, usable wherever an ``asyncio.AbstractServer`` is expected.
+
+    ``ssl_context`` enables STARTTLS, or with ``implicit_tls`` the IMAPS variant (RFC 8314) where
+    TLS starts at connect time. ``close()`` stops listening and ends every connection with
+    ``* BYE``; ``await wait_closed()`` waits until they are all gone.
+    """
+
+    def __init__(
+        self,
+        backend: ImapBackend,
+        settings: ImapSettings,
+        host: str | Sequence[str] | None = "127.0.0.1",
+        port: int = 143,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+    ) -> None:
+        if implicit_tls and ssl_context is None:
+            raise ValueError("implicit_tls needs an ssl_context")
+        self.backend = backend
+        # STARTTLS is on offer exactly when there is a context and the port is not TLS already.
+        self.settings = dataclasses.replace(
+            settings, tls_available=ssl_context is not None and not implicit_tls
+        )
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.implicit_tls = implicit_tls
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    def _track(self, conn: _Connection) -> None:
+        self._connections.add(conn)
+        if conn.task is not None:
+            conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if self.implicit_tls:
+            kwargs["ssl"] = self.ssl_context
+            kwargs["ssl_handshake_timeout"] = min(60.0, self.settings.autologout_unauthenticated)
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, **kwargs
+        )
+        log.info(
+            "event=listen addresses=%s tls=%s",
+            ",".join(f"{a[0]}:{a[1]}" for a in self.addresses),
+            "implicit" if self.implicit_tls else ("starttls" if self.ssl_context else "no"),
+        )
+
+    # ---- asyncio.AbstractServer / asyncio.Server look-alike ----------------------------------
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets, as ``asyncio.Server.sockets`` (empty before start)."""
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._server is None:
+            raise RuntimeError("not started")
+        return self._server.get_loop()
+
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    async def start_serving(self) -> None:
+        if self._server is None:
+            await self.start()
+        else:
+            await self._server.start_serving()
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    def close(self) -> None:
+        """Stop listening and end every connection (``* BYE`` to each)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+
+    async def wait_closed(self) -> None:
+        tasks = [c.task for c in list(self._connections) if c.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        if self._server is None:
+            await self.start()
+        return self
+
+    # ---- conveniences ------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[tuple[Any, ...]]:
+        return [tuple(s.getsockname()) for s in self.sockets]
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("not listening")
+        return int(addresses[0][1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+
+async def start_imap_server(
+    backend: ImapBackend,
+    settings: ImapSettings,
+    host: str | Sequence[str] | None = "127.0.0.1",
+    port: int = 143,
+    ssl_context: ssl.SSLContext | None = None,
+    implicit_tls: bool = False,
+) -> ImapServer:
+    """Create and start an ImapServer; stop it with ``close()`` and ``await wait_closed()``."""
+    server = ImapServer(
+        backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
+    )
+    await server.start()
+    return server

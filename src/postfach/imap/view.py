@@ -1,0 +1,433 @@
+"""A session's view of its selected mailbox (pure core; DESIGN.md "Protocol cores").
+
+The view holds what the *client* knows: the message sequence numbers (a sorted list of UIDs;
+sequence number n is the n-th), the flags, keywords and MODSEQ of each message, and the store
+changes (`MessageAdded`, `MessagesExpunged`, `FlagsChanged`) not yet reported. The session feeds
+every change of its account to `View.apply` (changes of other mailboxes are ignored) and asks
+`View.pending_updates` for the untagged responses to send before each tagged reply.
+
+Rules, with the RFC they come from:
+
+- EXPUNGE (and VANISHED) is never sent while a FETCH, STORE or SEARCH by sequence number runs
+  (RFC 9051 §7.5.1, RFC 7162 §3.2.10): the session passes ``allow_expunge=False`` then. Until it
+  is reported an expunged message keeps its sequence number, so every number the client holds
+  stays valid. `is_expunged` tells the session which messages are gone; recommended handling
+  (RFC 2180 §4.1): FETCH answers the other messages and ends with ``NO [EXPUNGEISSUED]``; STORE
+  skips them; SEARCH never matches them (their data is gone from the store).
+- With QRESYNC enabled, expunges are reported as ``* VANISHED uid-set`` (RFC 7162 §3.2.10),
+  otherwise as ``* n EXPUNGE`` lines in ascending order, each number already reduced by the
+  EXPUNGEs before it (RFC 9051 §7.5.1).
+- New messages are reported with ``* n EXISTS`` (RFC 9051 §7.4.1) after the expunges that are
+  sent in the same batch, so the count is always the client's new count; EXISTS never decreases
+  the count (RFC 9051 §7.4.1).
+- Flag changes are reported as ``* n FETCH (UID u FLAGS (...))``; UID is always included (allowed
+  by RFC 9051 §7.5.2, needed by RFC 7162 §3.1); with CONDSTORE also ``MODSEQ (m)`` (RFC 7162 §3.1:
+  every untagged FETCH caused by a STORE or an external agent carries UID and MODSEQ).
+- This session's own STORE (`View.stored`): without .SILENT a FETCH with the new flags is sent
+  for every message of the set (RFC 9051 §6.4.6); with .SILENT no FLAGS are sent, but with
+  CONDSTORE a ``FETCH (UID u MODSEQ (m))`` still is (RFC 7162 §3.1.3: the client must learn the
+  new mod-sequence). A change by someone else is reported even during a .SILENT STORE
+  (RFC 9051 §6.4.6).
+- \\Recent does not exist in IMAP4rev2 (RFC 9051 §2.3.2); `recent` is always 0.
+- ``$``, the saved search result (RFC 5182 §2.1), lives here as UIDs (``saved``); expunged
+  messages are removed from it when their expunge is reported.
+- `highestmodseq` never claims more than the client has been told: while an expunge or a flag
+  change is waiting to be reported it stays below that change's MODSEQ, so a later QRESYNC
+  (RFC 7162 §3.2.5) from that value still returns it.
+
+Changes are state, not a log: each carries the message's complete new flags and MODSEQ, so a
+change older than the one already applied (lower MODSEQ) is ignored, and a change that repeats
+what the initial listing already showed is harmless. Subscribe to the hub *before* listing the
+messages, and pass the HIGHESTMODSEQ read with (or before) the listing: changes at or below it
+are ignored. Genuinely new messages always have a UID above every UID seen so far (RFC 9051
+§2.3.1.1), which tells a stale MessageAdded (of a message expunged before the listing) apart.
+
+Costs: sequence number <-> UID is a bisect in a sorted list; reporting k expunges costs
+O(k log n) plus one O(n) pass when k is large (never O(n·k)); a UID set of r ranges resolves in
+O(r log n + result).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from typing import Literal, Protocol
+
+from postfach.imap.commands import SequenceSet
+from postfach.imap.fetch import format_flags
+from postfach.imap.sequence import format_sequence_set, intersect_sorted, resolve
+from postfach.store.api import (
+    Change,
+    Flag,
+    FlagsChanged,
+    MessageAdded,
+    MessageMeta,
+    MessagesExpunged,
+)
+
+__all__ = ["FlagState", "View"]
+
+# (flags, keywords, modseq) of one message.
+_State = tuple[Flag, tuple[str, ...], int]
+
+# Below this many expunges per report, delete from the UID list one by one (a memmove each);
+# above it, rebuild the list in one pass.
+_DELETE_ONE_BY_ONE = 64
+
+
+def _same_flags(a: _State, b: _State) -> bool:
+    """Same flags and keywords (keywords compare case-insensitively, RFC 9051 §2.3.2)."""
+    if a[0] != b[0]:
+        return False
+    if a[1] == b[1]:
+        return True
+    return {k.lower() for k in a[1]} == {k.lower() for k in b[1]}
+
+
+_SYSTEM_FLAGS = {f.names()[0].lower(): f for f in Flag if f}
+
+
+def _apply_store(
+    flags: Flag, keywords: tuple[str, ...], mode: str, names: Sequence[str]
+) -> tuple[Flag, tuple[str, ...]]:
+    """The flags a client computes for STORE FLAGS / +FLAGS / -FLAGS (RFC 9051 §6.4.6)."""
+    bits = Flag(0)
+    words: dict[str, str] = {}
+    for name in names:
+        system = _SYSTEM_FLAGS.get(name.lower())
+        if system is not None:
+            bits |= system
+        elif not name.startswith("\\"):
+            words[name.lower()] = name
+    if mode == "set":
+        return bits, tuple(words.values())
+    current = {k.lower(): k for k in keywords}
+    if mode == "add":
+        return flags | bits, tuple({**current, **words}.values())
+    return flags & ~bits, tuple(v for k, v in current.items() if k not in words)
+
+
+class FlagState(Protocol):
+    """Anything carrying a message's complete flag state: `MessageMeta`, `FlagsChanged`, ..."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def flags(self) -> Flag: ...
+    @property
+    def keywords(self) -> tuple[str, ...]: ...
+    @property
+    def modseq(self) -> int: ...
+
+
+class View:
+    """The client's picture of one selected mailbox, and what it has not been told yet."""
+
+    def __init__(
+        self,
+        mailbox_id: int,
+        uidvalidity: int,
+        messages: Iterable[MessageMeta],
+        highestmodseq: int,
+        *,
+        condstore: bool = False,
+        qresync: bool = False,
+    ) -> None:
+        """``messages``: the mailbox as listed at SELECT (any order; sorted by UID here)."""
+        self.mailbox_id = mailbox_id
+        self.uidvalidity = uidvalidity
+        self.condstore = condstore or qresync  # QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)
+        self.qresync = qresync
+        self.saved: list[int] = []  # RFC 5182 "$", as UIDs
+        state: dict[int, _State] = {}
+        for m in messages:
+            state[m.uid] = (m.flags, tuple(m.keywords), m.modseq)
+        self._uids: list[int] = sorted(state)  # sequence number n is self._uids[n - 1]
+        self._state = state  # latest known store state of every message below
+        self._queue: list[Change] = []
+        self._added: dict[int, None] = {}  # new UIDs not yet announced with EXISTS, ascending
+        self._expunged: dict[int, int] = {}  # UID -> MODSEQ, expunged but not yet reported
+        self._told: dict[int, _State] = {}  # what the client last knew, for changed messages
+        self._force: dict[int, bool] = {}  # own STORE to report: True = FLAGS, False = MODSEQ
+        self._snapshot_modseq = highestmodseq
+        self._modseq = highestmodseq  # highest MODSEQ applied
+        self._max_uid = self._uids[-1] if self._uids else 0  # highest UID ever seen
+
+    # ---- feeding changes ----------------------------------------------------------------------
+
+    def apply(self, change: Change) -> None:
+        """Queue a store change (from the hub); it is folded in by the next call that reports."""
+        if getattr(change, "mailbox_id", None) == self.mailbox_id:
+            self._queue.append(change)
+
+    @property
+    def has_pending(self) -> bool:
+        """True when `pending_updates` may have something to say (e.g. to wake an IDLE)."""
+        return bool(self._queue or self._added or self._expunged or self._told or self._force)
+
+    def _fold(self) -> None:
+        queue, self._queue = self._queue, []
+        snapshot = self._snapshot_modseq
+        for change in queue:
+            # A change at or below the listing's HIGHESTMODSEQ is already part of the listing.
+            if isinstance(change, MessageAdded):
+                if change.modseq > snapshot:
+                    self._on_added(change)
+            elif isinstance(change, MessagesExpunged):
+                if change.modseq > snapshot:
+                    self._on_expunged(change)
+            elif isinstance(change, FlagsChanged) and change.modseq > snapshot:
+                self._on_flags(change.uid, (change.flags, tuple(change.keywords), change.modseq))
+
+    def _on_added(self, c: MessageAdded) -> None:
+        new: _State = (c.flags, tuple(c.keywords), c.modseq)
+        if c.uid in self._state:
+            self._on_flags(c.uid, new)
+        elif c.uid > self._max_uid:  # RFC 9051 §2.3.1.1: UIDs only grow
+            self._max_uid = c.uid
+            self._added[c.uid] = None
+            self._state[c.uid] = new
+            self._modseq = max(self._modseq, c.modseq)
+        # else: stale, a message expunged before the listing this view started from
+
+    def _on_expunged(self, c: MessagesExpunged) -> None:
+        self._modseq = max(self._modseq, c.modseq)
+        for uid in c.uids:
+            if uid not in self._state or uid in self._expunged:
+                continue
+            if uid in self._added:  # never announced: the client need not hear of it
+                del self._added[uid]
+                del self._state[uid]
+                continue
+            self._expunged[uid] = c.modseq
+            self._told.pop(uid, None)
+            self._force.pop(uid, None)
+
+    def _on_flags(self, uid: int, new: _State) -> None:
+        old = self._state.get(uid)
+        if old is None or uid in self._expunged or new[2] < old[2]:
+            return
+        self._modseq = max(self._modseq, new[2])
+        self._state[uid] = new
+        if uid not in self._added and uid not in self._told:
+            self._told[uid] = old
+
+    def stored(
+        self,
+        results: Iterable[FlagState],
+        *,
+        silent: bool,
+        mode: Literal["set", "add", "remove"] | None = None,
+        flags: Sequence[str] = (),
+    ) -> None:
+        """Record the outcome of this session's own STORE (one entry per message stored).
+
+        Not silent: the next `pending_updates` sends FETCH FLAGS for each (RFC 9051 §6.4.6).
+        Silent: the client computes the new flags itself, from what it knew, by applying
+        ``mode`` and ``flags`` (the STORE's own; pass them): where the store's result differs
+        (someone else changed the message meanwhile) a FETCH FLAGS follows anyway (RFC 9051
+        §6.4.6); with CONDSTORE at least ``FETCH (UID u MODSEQ (m))`` is sent (RFC 7162 §3.1.3).
+        Without ``mode`` the client is assumed to know the stored result. Call before
+        `pending_updates`.
+        """
+        self._fold()
+        for r in results:
+            uid = r.uid
+            if uid not in self._state or uid in self._expunged or uid in self._added:
+                continue
+            belief = self._told.get(uid, self._state[uid])  # what the client knew before
+            new: _State = (r.flags, tuple(r.keywords), r.modseq)
+            self._on_flags(uid, new)
+            if silent:
+                if mode is None:
+                    self._told[uid] = (new[0], new[1], belief[2])
+                else:
+                    f, kw = _apply_store(belief[0], belief[1], mode, flags)
+                    self._told[uid] = (f, kw, belief[2])
+                if self.condstore:
+                    self._force.setdefault(uid, False)
+            else:
+                self._told.setdefault(uid, belief)
+                self._force[uid] = True
+
+    def reported(self, states: Iterable[FlagState]) -> None:
+        """The session itself sent these flags (and MODSEQ) in a FETCH response, e.g. the
+        \\Seen set by FETCH BODY[]: no further FETCH is needed for them."""
+        self._fold()
+        for s in states:
+            if s.uid in self._state and s.uid not in self._expunged and s.uid not in self._added:
+                new: _State = (s.flags, tuple(s.keywords), s.modseq)
+                self._on_flags(s.uid, new)
+                self._told[s.uid] = new  # if the store moved on since, that still gets reported
+                self._force.pop(s.uid, None)
+
+    # ---- reporting ----------------------------------------------------------------------------
+
+    def pending_updates(self, allow_expunge: bool) -> list[bytes]:
+        """The untagged responses to send now, in order: FETCH, EXPUNGE/VANISHED, EXISTS.
+
+        ``allow_expunge=False`` during FETCH, STORE and SEARCH by sequence number (RFC 9051
+        §7.5.1): expunges stay pending and keep their sequence numbers.
+        """
+        self._fold()
+        out: list[bytes] = []
+        if self._told or self._force:
+            out.extend(self._flag_updates())
+        if allow_expunge and self._expunged:
+            out.extend(self._expunge_updates())
+        if self._added:
+            self._uids.extend(sorted(self._added))
+            self._added.clear()
+            out.append(b"* %d EXISTS\r\n" % len(self._uids))
+        return out
+
+    def _flag_updates(self) -> list[bytes]:
+        out: list[bytes] = []
+        uids = sorted(self._told.keys() | self._force.keys())
+        for uid in uids:
+            state = self._state.get(uid)
+            if state is None or uid in self._expunged:
+                continue
+            told = self._told.get(uid, state)
+            force = self._force.get(uid)
+            flags_differ = not _same_flags(state, told)
+            seq = self._seq_index(uid) + 1
+            if flags_differ or force:
+                line = b"* %d FETCH (UID %d FLAGS %s" % (seq, uid, format_flags(state[0], state[1]))
+                if self.condstore:
+                    line += b" MODSEQ (%d)" % state[2]
+                out.append(line + b")\r\n")
+            elif self.condstore and (state[2] != told[2] or force is False):
+                out.append(b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (seq, uid, state[2]))
+        self._told.clear()
+        self._force.clear()
+        return out
+
+    def _expunge_updates(self) -> list[bytes]:
+        gone = sorted(self._expunged)
+        self._expunged.clear()
+        uids = self._uids
+        indexes = [bisect.bisect_left(uids, u) for u in gone]
+        out: list[bytes]
+        if self.qresync:  # RFC 7162 §3.2.10
+            out = [b"* VANISHED %s\r\n" % format_sequence_set(gone).encode()]
+        else:  # RFC 9051 §7.4.1: each EXPUNGE renumbers the messages after it
+            out = [b"* %d EXPUNGE\r\n" % (i + 1 - k) for k, i in enumerate(indexes)]
+        if len(gone) < _DELETE_ONE_BY_ONE:
+            for i in reversed(indexes):
+                del uids[i]
+        else:
+            drop = set(gone)
+            self._uids = [u for u in uids if u not in drop]
+        for u in gone:
+            del self._state[u]
+        if self.saved:  # RFC 5182 §2.1: expunged messages leave the saved result
+            drop_saved = set(gone)
+            self.saved = [u for u in self.saved if u not in drop_saved]
+        return out
+
+    # ---- lookups ------------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> int:
+        """The message count the client knows (expunged-but-unreported messages included)."""
+        return len(self._uids)
+
+    @property
+    def recent(self) -> int:
+        """Always 0: IMAP4rev2 has no \\Recent (RFC 9051 §2.3.2); IMAP4rev1 clients see none."""
+        return 0
+
+    @property
+    def highestmodseq(self) -> int:
+        """HIGHESTMODSEQ the client may cache (see the module docstring)."""
+        self._fold()
+        hms = self._modseq
+        pending = [*self._expunged.values()]
+        pending += [self._state[u][2] for u in self._added]
+        for uid in self._told.keys() | self._force.keys():
+            state = self._state.get(uid)
+            if state is not None and (state != self._told.get(uid) or uid in self._force):
+                pending.append(state[2])
+        if pending:
+            hms = min(hms, min(pending) - 1)
+        return max(hms, self._snapshot_modseq)
+
+    @property
+    def uids(self) -> Sequence[int]:
+        """All UIDs the client knows, in sequence-number order (do not modify)."""
+        return self._uids
+
+    @property
+    def max_uid(self) -> int:
+        """The highest UID the client knows of (0 when empty)."""
+        return self._uids[-1] if self._uids else 0
+
+    @property
+    def unseen_first(self) -> int | None:
+        """Sequence number of the first message without \\Seen (RFC 3501 §7.1 UNSEEN)."""
+        for seq, uid in enumerate(self._uids, 1):
+            if not self._state[uid][0] & Flag.SEEN:
+                return seq
+        return None
+
+    def _seq_index(self, uid: int) -> int:
+        return bisect.bisect_left(self._uids, uid)
+
+    def seq_of(self, uid: int) -> int | None:
+        """The sequence number of ``uid``, or None if the client does not know that UID."""
+        i = bisect.bisect_left(self._uids, uid)
+        return i + 1 if i < len(self._uids) and self._uids[i] == uid else None
+
+    def uid_of(self, seq: int) -> int:
+        """The UID of sequence number ``seq``; ValueError when out of range."""
+        if not 1 <= seq <= len(self._uids):
+            raise ValueError(f"no message {seq}")
+        return self._uids[seq - 1]
+
+    def is_expunged(self, uid: int) -> bool:
+        """True for a message expunged in the store whose EXPUNGE is not reported yet."""
+        return uid in self._expunged
+
+    def flags_of(self, uid: int) -> tuple[Flag, tuple[str, ...]] | None:
+        """The latest flags and keywords of a known message (None if unknown)."""
+        state = self._state.get(uid)
+        return None if state is None else (state[0], state[1])
+
+    def modseq_of(self, uid: int) -> int | None:
+        state = self._state.get(uid)
+        return None if state is None else state[2]
+
+    def uids_for(self, seqset: SequenceSet, uid: bool) -> list[int]:
+        """The UIDs a sequence set names, ascending (RFC 9051 §9, semantics of `sequence`).
+
+        By sequence number (``uid=False``): ``*`` is `exists`; expunged-but-unreported messages
+        are included (their numbers are still valid; check `is_expunged`); numbers above
+        `exists` are dropped (check `sequence.sequence_numbers_valid` first to answer BAD).
+        By UID: ``*`` is the highest UID of a message that still exists; UIDs that do not
+        exist, expunged-but-unreported ones included, are ignored (RFC 9051 §6.4.9), and so are
+        new messages not yet announced with EXISTS (they have no sequence number yet).
+        ``$`` is `saved` (RFC 5182).
+        """
+        self._fold()
+        uids = self._uids
+        if not uid:
+            saved_seqs: list[int] = []
+            if seqset.saved:
+                for u in self.saved:
+                    s = self.seq_of(u)
+                    if s is not None:
+                        saved_seqs.append(s)
+            out: list[int] = []
+            for lo, hi in resolve(seqset, len(uids), saved_seqs):
+                out.extend(uids[lo - 1 : hi])
+            return out
+        largest = 0
+        for i in range(len(uids) - 1, -1, -1):
+            if uids[i] not in self._expunged:
+                largest = uids[i]
+                break
+        found = intersect_sorted(resolve(seqset, largest, self.saved), uids)
+        if self._expunged:
+            found = [u for u in found if u not in self._expunged]
+        return found
