@@ -144,8 +144,8 @@ class App:
                     allow_plaintext_on_loopback=cfg.allow_plaintext_on_loopback,
                     max_message_size=cfg.max_message_size,
                     # RFC 9051 §5.4; Config may carry its own values (tests shorten them).
-                    autologout_authenticated=getattr(cfg, "imap_autologout", 30 * 60.0),
-                    autologout_unauthenticated=getattr(cfg, "imap_login_timeout", 60.0),
+                    autologout_authenticated=cfg.imap_autologout,
+                    autologout_unauthenticated=cfg.imap_login_timeout,
                 )
                 await self._listen(
                     name,

@@ -63,6 +63,8 @@ class Config:
     allow_plaintext: bool = False
     allow_plaintext_on_loopback: bool = True
     pop3_autologout: float = 600.0
+    imap_autologout: float = 30 * 60.0  # RFC 9051 §5.4: at least 30 minutes once logged in
+    imap_login_timeout: float = 60.0  # before login
     smtp_timeout: float = 300.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -190,6 +192,10 @@ def load_config(
         )
     if "pop3_autologout" in timeouts:
         updates["pop3_autologout"] = _number(timeouts["pop3_autologout"], "pop3_autologout")
+    if "imap_autologout" in timeouts:
+        updates["imap_autologout"] = _number(timeouts["imap_autologout"], "imap_autologout")
+    if "imap_login" in timeouts:
+        updates["imap_login_timeout"] = _number(timeouts["imap_login"], "[timeouts] imap_login")
     if "smtp" in timeouts:
         updates["smtp_timeout"] = _number(timeouts["smtp"], "[timeouts] smtp")
     if "cert" in tls:

@@ -43,7 +43,7 @@ def test_toml_file(tmp_path: Path) -> None:
         '[listen]\nsmtp = "127.0.0.1:2526"\nlmtp = "127.0.0.1:2424"\n'
         '[limits]\nmax_message_size = "10M"\n'
         '[quota]\nfull_reply = "temporary"\n'
-        "[timeouts]\npop3_autologout = 30\n"
+        "[timeouts]\npop3_autologout = 30\nimap_autologout = 1800\nimap_login = 20\n"
     )
     cfg = load_config(tmp_path, env={"POSTFACH_SMTP": "127.0.0.1:2527"})
     assert cfg.hostname == "mx.example.org"
@@ -52,6 +52,7 @@ def test_toml_file(tmp_path: Path) -> None:
     assert cfg.max_message_size == 10 * 1024 * 1024
     assert cfg.quota_temporary is True
     assert cfg.pop3_autologout == 30
+    assert (cfg.imap_autologout, cfg.imap_login_timeout) == (1800, 20)
 
 
 @pytest.mark.parametrize(

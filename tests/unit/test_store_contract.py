@@ -381,3 +381,16 @@ def test_rename_inbox_moves_messages_and_keeps_uids_fresh(store: SqliteMailstore
     assert m.uid == 3  # never reuses a UID of the same UIDVALIDITY
     assert store.changes_since(inbox_id, 0)[1] == [1, 2]
     assert store.check().clean
+
+
+def test_counts_and_get_messages(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h")
+    inbox_id = box_id(store, "a@example.org", INBOX)
+    store.append(inbox_id, [item(store, msg(i)) for i in range(5)])
+    store.store_flags(inbox_id, [1, 2], "add", Flag.SEEN)
+    store.store_flags(inbox_id, [2, 3], "add", Flag.DELETED)
+    counts = store.mailbox_counts(inbox_id)
+    assert (counts.messages, counts.unseen, counts.deleted) == (5, 3, 2)
+    assert (counts.deleted_size, counts.size) == (200, 500)
+    assert [m.uid for m in store.get_messages(inbox_id, [5, 3, 99, 3])] == [3, 5]
+    assert store.get_messages(inbox_id, range(1, 2000))[-1].uid == 5

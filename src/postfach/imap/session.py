@@ -957,10 +957,8 @@ class ImapSession:
             for i in range(1, len(levels)):  # RFC 9051 §6.3.4: create the superior names
                 parent = DELIMITER.join(levels[:i])
                 if parent not in existing:
-                    await asyncio.to_thread(
-                        self._store.create_mailbox, self._account_id, parent, None
-                    )
-            await asyncio.to_thread(self._store.create_mailbox, self._account_id, name, special)
+                    await self._store.acreate_mailbox(self._account_id, parent, None)
+            await self._store.acreate_mailbox(self._account_id, name, special)
         except AlreadyExists:
             raise ImapNo("ALREADYEXISTS", "mailbox exists already") from None
         mbox = self._store.get_mailbox(self._account_id, name)
@@ -1000,9 +998,7 @@ class ImapSession:
                 if parent not in existing and not (src.name + DELIMITER).startswith(
                     parent + DELIMITER
                 ):
-                    await asyncio.to_thread(
-                        self._store.create_mailbox, self._account_id, parent, None
-                    )
+                    await self._store.acreate_mailbox(self._account_id, parent, None)
             await self._store.arename_mailbox(self._account_id, src.name, new)
         except AlreadyExists:
             raise ImapNo("ALREADYEXISTS", "mailbox exists already") from None
@@ -1015,13 +1011,13 @@ class ImapSession:
     async def _cmd_subscribe(self, cmd: c.Subscribe) -> _Ok:
         """RFC 9051 §6.3.7: names need not exist (and stay when the mailbox goes)."""
         name = self._new_name(cmd.mailbox)
-        await asyncio.to_thread(self._store.set_subscribed, self._account_id, name, True)
+        await self._store.aset_subscribed(self._account_id, name, True)
         return _Ok("SUBSCRIBE completed")
 
     async def _cmd_unsubscribe(self, cmd: c.Unsubscribe) -> _Ok:
         """RFC 9051 §6.3.8."""
         name = self._normalise(cmd.mailbox)
-        await asyncio.to_thread(self._store.set_subscribed, self._account_id, name, False)
+        await self._store.aset_subscribed(self._account_id, name, False)
         return _Ok("UNSUBSCRIBE completed")
 
     # ---- LIST, LSUB, STATUS ------------------------------------------------------------------
@@ -1145,9 +1141,9 @@ class ImapSession:
     def _status_response(self, mbox: Mailbox, items: Sequence[str]) -> bytes:
         """``STATUS name (MESSAGES n ...)`` (RFC 9051 §7.3.4)."""
         wanted = [i.upper() for i in items]
-        metas = None
-        if {"UNSEEN", "DELETED", "DELETED-STORAGE"} & set(wanted):
-            metas = self._store.list_messages(mbox.id)
+        counts = None
+        if {"UNSEEN", "DELETED", "DELETED-STORAGE", "SIZE"} & set(wanted):
+            counts = self._store.mailbox_counts(mbox.id)
         values: list[str] = []
         for item in dict.fromkeys(wanted):
             if item == "MESSAGES":
@@ -1157,17 +1153,17 @@ class ImapSession:
             elif item == "UIDVALIDITY":
                 values.append(f"UIDVALIDITY {mbox.uidvalidity}")
             elif item == "UNSEEN":
-                assert metas is not None
-                values.append(f"UNSEEN {sum(1 for m in metas if not m.flags & Flag.SEEN)}")
+                assert counts is not None
+                values.append(f"UNSEEN {counts.unseen}")
             elif item == "DELETED":  # RFC 9051 §6.3.11
-                assert metas is not None
-                values.append(f"DELETED {sum(1 for m in metas if m.flags & Flag.DELETED)}")
+                assert counts is not None
+                values.append(f"DELETED {counts.deleted}")
             elif item == "DELETED-STORAGE":  # RFC 9208 §4.2.1: in units of 1024 octets
-                assert metas is not None
-                freed = sum(m.size for m in metas if m.flags & Flag.DELETED)
-                values.append(f"DELETED-STORAGE {_kib(freed)}")
+                assert counts is not None
+                values.append(f"DELETED-STORAGE {_kib(counts.deleted_size)}")
             elif item == "SIZE":  # RFC 8438
-                values.append(f"SIZE {self._store.mailbox_size(mbox.id)}")
+                assert counts is not None
+                values.append(f"SIZE {counts.size}")
             elif item == "RECENT":  # RFC 3501; \\Recent is not implemented: always 0
                 values.append("RECENT 0")
             elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
@@ -1485,14 +1481,14 @@ class ImapSession:
     def _metas(self, sel: _Selected, uids: Sequence[int]) -> dict[int, MessageMeta]:
         """Metadata of these messages; missing ones were expunged meanwhile.
 
-        What never changes (size, dates, blob) is cached from SELECT on and re-read only when a
-        message appears that the cache does not know; flags, keywords and MODSEQ come from the
+        What never changes (size, dates, blob) is cached from SELECT on; messages the cache does
+        not know yet are read in one query; flags, keywords and MODSEQ come from the
         view, which holds the latest state the store published.
         """
         cache, view = sel.metas, sel.view
-        if any(u not in cache for u in uids):
-            cache.clear()
-            cache.update((m.uid, m) for m in self._store.list_messages(sel.mailbox.id))
+        missing = [u for u in uids if u not in cache]
+        if missing:
+            cache.update((m.uid, m) for m in self._store.get_messages(sel.mailbox.id, missing))
         out: dict[int, MessageMeta] = {}
         for uid in uids:
             meta = cache.get(uid)

@@ -164,6 +164,15 @@ class AppendItem:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxCounts:
+    messages: int
+    unseen: int
+    deleted: int
+    deleted_size: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class FlagResult:
     changed: list[MessageMeta]  # messages whose flags changed, with their new MODSEQ
     failed: list[int]  # UIDs refused by UNCHANGEDSINCE (RFC 7162 MODIFIED)
@@ -779,6 +788,11 @@ class SqliteMailstore:
     def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> int:
         return self._write(self._op_create_mailbox, account_id, name, special_use)
 
+    async def acreate_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> int:
+        return await self.awrite(self._op_create_mailbox, account_id, name, special_use)
+
     def _op_create_mailbox(
         self, conn: sqlite3.Connection, batch: _Batch, account_id: int, name: str, su: str | None
     ) -> int:
@@ -956,6 +970,39 @@ class SqliteMailstore:
         )
         return None if row is None else self._mailbox(row)
 
+    def mailbox_counts(self, mailbox_id: int) -> MailboxCounts:
+        """STATUS figures in one indexed pass: messages, unseen, deleted, sizes."""
+        row = (
+            self._reader()
+            .execute(
+                "SELECT count(*), coalesce(sum(flags & ? = 0), 0),"
+                " coalesce(sum(flags & ? != 0), 0),"
+                " coalesce(sum(CASE WHEN flags & ? != 0 THEN size ELSE 0 END), 0),"
+                " coalesce(sum(size), 0) FROM messages WHERE mailbox_id=?",
+                (int(Flag.SEEN), int(Flag.DELETED), int(Flag.DELETED), mailbox_id),
+            )
+            .fetchone()
+        )
+        return MailboxCounts(*(int(x) for x in row))
+
+    def get_messages(self, mailbox_id: int, uids: Iterable[int]) -> list[MessageMeta]:
+        """The named messages that exist, in UID order (one query per 500 UIDs)."""
+        wanted = sorted(set(uids))
+        out: list[MessageMeta] = []
+        conn = self._reader()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.extend(
+                self._message(r)
+                for r in conn.execute(
+                    f"SELECT {self._MESSAGE_COLS} FROM messages"
+                    f" WHERE mailbox_id=? AND uid IN ({marks}) ORDER BY uid",
+                    (mailbox_id, *chunk),
+                )
+            )
+        return out
+
     def mailbox_size(self, mailbox_id: int) -> int:
         row = (
             self._reader()
@@ -1070,6 +1117,9 @@ class SqliteMailstore:
 
     def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         self._write(self._op_set_subscribed, account_id, name, subscribed)
+
+    async def aset_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        await self.awrite(self._op_set_subscribed, account_id, name, subscribed)
 
     @staticmethod
     def _op_set_subscribed(
