@@ -394,3 +394,31 @@ def test_counts_and_get_messages(store: SqliteMailstore) -> None:
     assert (counts.deleted_size, counts.size) == (200, 500)
     assert [m.uid for m in store.get_messages(inbox_id, [5, 3, 99, 3])] == [3, 5]
     assert store.get_messages(inbox_id, range(1, 2000))[-1].uid == 5
+
+
+def test_full_text_search_indexed_and_not_yet_indexed(tmp_path: Path) -> None:
+    s = SqliteMailstore(tmp_path / "fts", index_text=False)
+    try:
+        s.add_domain("example.org")
+        s.add_account("a@example.org", "h")
+        inbox_id = box_id(s, "a@example.org", INBOX)
+        quoted = b"Subject: Quartalszahlen\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        s.append(inbox_id, [
+            item(s, quoted + b"Die Stra=C3=9Fe ist lang.\r\n"),
+            item(s, b"Subject: other\r\n\r\nnothing to see\r\n"),
+        ])  # fmt: skip
+        for indexed in (False, True):
+            if indexed:
+                assert s.index_pending(10) == 2 and s.index_pending(10) == 0
+            assert s.search_text_uids(inbox_id, "BODY", "STRASSE") == set()
+            assert s.search_text_uids(inbox_id, "BODY", "straße") == {1}
+            assert s.search_text_uids(inbox_id, "BODY", "quartal") == set()
+            assert s.search_text_uids(inbox_id, "TEXT", "QUARTAL") == {1}
+            assert s.search_text_uids(inbox_id, "TEXT", "see") == {2}
+            assert s.search_text_uids(inbox_id, "TEXT", "ab") is None
+        s.expunge(inbox_id, [1])
+        conn = sqlite3.connect(s.db_path)
+        assert conn.execute("SELECT count(*) FROM fts_docs").fetchone() == (1,)
+        conn.close()
+    finally:
+        s.close()

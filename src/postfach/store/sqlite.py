@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
 from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
+from postfach.mime.stored import load_parsed
+from postfach.mime.structure import parse, search_text
 from postfach.store.api import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -141,6 +143,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT INTO subscriptions(account_id, name) SELECT account_id, name FROM mailboxes;
     CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
     """,
+    # 3: full-text index for IMAP SEARCH TEXT/BODY. IMAP matches substrings, so the tokenizer is
+    # trigram. One document per blob (decoded headers, decoded text parts), filled lazily by the
+    # indexer thread so that delivery never waits for it.
+    """
+    CREATE VIRTUAL TABLE fts USING fts5(headers, body, tokenize='trigram');
+    CREATE TABLE fts_docs (
+        sha256 TEXT PRIMARY KEY,
+        docid INTEGER NOT NULL UNIQUE
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -238,6 +250,7 @@ class SqliteMailstore:
         publish: Publisher | None = None,
         inline_max: int = INLINE_MAX_DEFAULT,
         batch_max: int = 512,
+        index_text: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.db_path = self.directory / DB_NAME
@@ -259,6 +272,13 @@ class SqliteMailstore:
             target=self._writer_loop, args=(wconn,), name="postfach-writer", daemon=True
         )
         self._writer.start()
+        self._index_wakeup = threading.Event()
+        self._indexer: threading.Thread | None = None
+        if index_text:
+            self._indexer = threading.Thread(
+                target=self._indexer_loop, name="postfach-indexer", daemon=True
+            )
+            self._indexer.start()
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -367,6 +387,8 @@ class SqliteMailstore:
         for path in batch.unlink:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if any(isinstance(c, MessageAdded) for c in batch.changes):
+            self._index_wakeup.set()
         if batch.changes and self._publish is not None:
             try:
                 self._publish(batch.changes)
@@ -382,6 +404,9 @@ class SqliteMailstore:
         if self._closed:
             return
         self._closed = True
+        self._index_wakeup.set()
+        if self._indexer is not None:
+            self._indexer.join(timeout=30)
         self._queue.put(None)
         self._writer.join(timeout=30)
         with self._readers_lock:
@@ -461,6 +486,10 @@ class SqliteMailstore:
             conn.execute("UPDATE blobs SET refs=refs-? WHERE sha256=?", (n, sha))
             return
         conn.execute("DELETE FROM blobs WHERE sha256=?", (sha,))
+        doc = conn.execute("SELECT docid FROM fts_docs WHERE sha256=?", (sha,)).fetchone()
+        if doc is not None:
+            conn.execute("DELETE FROM fts WHERE rowid=?", (doc[0],))
+            conn.execute("DELETE FROM fts_docs WHERE sha256=?", (sha,))
         if is_file:
             batch.unlink.add(self.blob_path(sha))
 
@@ -1391,6 +1420,102 @@ class SqliteMailstore:
             )
         ]
         return changed, vanished
+
+    # ---- full-text index ----------------------------------------------------------------------
+
+    INDEX_BATCH: Final = 25
+
+    def _indexer_loop(self) -> None:
+        """Index new blobs in small batches, using at most about a third of one core."""
+        while not self._closed:
+            self._index_wakeup.wait(timeout=5)
+            self._index_wakeup.clear()
+            while not self._closed:
+                started = time.monotonic()
+                try:
+                    done = self.index_pending(self.INDEX_BATCH)
+                except Exception:
+                    log.exception("event=index_failed")
+                    break
+                if done == 0:
+                    break
+                # Leave the CPU (and the writer) to deliveries and sessions most of the time.
+                time.sleep(2 * (time.monotonic() - started))
+
+    def index_pending(self, limit: int) -> int:
+        """Index up to ``limit`` blobs that have no index entry yet; returns how many."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT b.sha256, b.structure FROM blobs b WHERE NOT EXISTS"
+                " (SELECT 1 FROM fts_docs d WHERE d.sha256=b.sha256) LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
+        docs: list[tuple[str, str, str]] = []
+        for sha, structure in rows:
+            try:
+                data = self.read_blob(sha)
+            except (NotFound, FileNotFoundError):
+                continue  # freed meanwhile
+            docs.append((sha, *self._text_of(data, structure)))
+        if docs:
+            self._write(self._op_index, docs)
+        return len(docs)
+
+    @staticmethod
+    def _text_of(data: bytes, structure: str | None) -> tuple[str, str]:
+        part = load_parsed(structure).part if structure else parse(data)
+        return search_text(data, part)
+
+    @staticmethod
+    def _op_index(
+        conn: sqlite3.Connection, batch: _Batch, docs: list[tuple[str, str, str]]
+    ) -> None:
+        for sha, headers, body in docs:
+            if not conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
+                continue
+            if conn.execute("SELECT 1 FROM fts_docs WHERE sha256=?", (sha,)).fetchone():
+                continue
+            cur = conn.execute("INSERT INTO fts(headers, body) VALUES (?, ?)", (headers, body))
+            conn.execute("INSERT INTO fts_docs(sha256, docid) VALUES (?, ?)", (sha, cur.lastrowid))
+
+    def search_text_uids(self, mailbox_id: int, key: str, needle: str) -> set[int] | None:
+        """UIDs whose text contains ``needle`` (case-insensitive substring, RFC 9051 §6.4.4).
+
+        ``key`` is "TEXT" (headers and body) or "BODY" (body only). Indexed messages are answered
+        by the trigram index, the rest (not indexed yet) by decoding them here, so the answer is
+        always complete. None when the index cannot help: needles under three characters.
+        """
+        if len(needle) < 3:
+            return None
+        conn = self._reader()
+        phrase = '"' + needle.replace('"', '""') + '"'
+        query = phrase if key.upper() == "TEXT" else "body : " + phrase
+        uids = {
+            r[0]
+            for r in conn.execute(
+                "SELECT m.uid FROM messages m JOIN fts_docs d ON d.sha256=m.blob"
+                " WHERE m.mailbox_id=? AND d.docid IN (SELECT rowid FROM fts WHERE fts MATCH ?)",
+                (mailbox_id, query),
+            )
+        }
+        pending = conn.execute(
+            "SELECT m.uid, m.blob, b.structure FROM messages m JOIN blobs b ON b.sha256=m.blob"
+            " WHERE m.mailbox_id=? AND NOT EXISTS (SELECT 1 FROM fts_docs d WHERE d.sha256=m.blob)",
+            (mailbox_id,),
+        ).fetchall()
+        folded = needle.lower()  # as the trigram tokenizer folds (RFC 5051 keeps ß apart from ss)
+        for uid, sha, structure in pending:
+            try:
+                headers, body = self._text_of(self.read_blob(sha), structure)
+            except (NotFound, FileNotFoundError):
+                continue
+            text = body if key.upper() == "BODY" else headers + "\n" + body
+            if folded in text.lower():
+                uids.add(uid)
+        return uids
 
     # ---- consistency --------------------------------------------------------------------------
 
