@@ -7,6 +7,7 @@ import smtplib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from postfach.app import App
 from postfach.auth.passwords import hash_password
@@ -18,8 +19,8 @@ EPHEMERAL = {
     "POSTFACH_LMTP": "127.0.0.1:0",
     "POSTFACH_POP3": "127.0.0.1:0",
     "POSTFACH_POP3S": "127.0.0.1:0",
-    "POSTFACH_SUBMISSION": "off",
-    "POSTFACH_SUBMISSIONS": "off",
+    "POSTFACH_SUBMISSION": "127.0.0.1:0",
+    "POSTFACH_SUBMISSIONS": "127.0.0.1:0",
     "POSTFACH_IMAP": "127.0.0.1:0",
     "POSTFACH_IMAPS": "127.0.0.1:0",
     "POSTFACH_HTTP": "off",
@@ -65,9 +66,12 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
-def start_server(data: Path, **env: str) -> RunningServer:
+def start_server(
+    data: Path, *, app_options: dict[str, Any] | None = None, **env: str
+) -> RunningServer:
+    """``app_options`` go to `App` (e.g. ``resolver=`` and ``mx_port=`` for outbound tests)."""
     cfg = load_config(data, env={**EPHEMERAL, **env})
-    app = App(cfg)
+    app = App(cfg, **(app_options or {}))
     ready = threading.Event()
     box: dict[str, object] = {}
 

@@ -20,13 +20,21 @@ from pathlib import Path
 from postfach.auth.passwords import Authenticator
 from postfach.config import Address, Config, ConfigError
 from postfach.delivery import DeliverySettings, LocalDelivery
+from postfach.dkim import DkimKeys
 from postfach.imap.server import start_imap_server
 from postfach.imap.session import ImapBackend, ImapSettings
 from postfach.maildrop import StorePop3Backend
 from postfach.mime.stored import parse_for_storage
+from postfach.outbound import Outbound, SubmitSettings
 from postfach.pop3.server import start_pop3_server
 from postfach.pop3.session import Pop3Settings
+from postfach.queue.bounce import Bouncer
+from postfach.queue.runner import QueueRunner
+from postfach.queue.schedule import Schedule
+from postfach.queue.store import QueueStore
+from postfach.smtp.client import Resolver, SmtpClient
 from postfach.smtp.handler import make_smtp_factory
+from postfach.smtp.submission import make_submission_factory
 from postfach.store.hub import Hub
 from postfach.store.sqlite import SqliteMailstore
 from postfach.tls import ensure_self_signed, server_context
@@ -66,6 +74,12 @@ class App:
     servers: dict[str, asyncio.AbstractServer] = field(default_factory=dict)
     addresses: dict[str, Address] = field(default_factory=dict)
     created_certificate: bool = False
+    # Outbound mail. Tests inject a resolver (never real DNS) and the port their MX peers use.
+    resolver: Resolver | None = None
+    mx_port: int = 25
+    queue: QueueStore | None = None
+    runner: QueueRunner | None = None
+    outbound: Outbound | None = None
     _stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -96,6 +110,37 @@ class App:
             structure=parse_for_storage,
         )
         auth = Authenticator(store.password_hash)
+        self.queue = queue = QueueStore(cfg.data_dir)
+        bouncer = Bouncer(cfg.hostname, delivery, queue)
+        delivery.remote_bounce = bouncer.send
+        sub = cfg.submission
+        dkim = DkimKeys(cfg.data_dir, sub.dkim_selector) if sub.dkim else None
+        self.outbound = outbound = Outbound(
+            delivery,
+            queue,
+            bouncer,
+            SubmitSettings(
+                hostname=cfg.hostname,
+                refuse_full_mailbox=sub.refuse_full_mailbox,
+                sent_copy_window=sub.sent_copy_window,
+            ),
+            signer=dkim.sign if dkim is not None else None,
+            wants_sent_copy=sub.wants_sent_copy,
+        )
+        client = SmtpClient(cfg.hostname, relay=cfg.relay, mx_port=self.mx_port)
+        if self.resolver is not None:
+            client.resolver = self.resolver
+        q = cfg.queue
+        self.runner = runner = QueueRunner(
+            queue,
+            client,
+            bouncer,
+            Schedule(first_retry=q.first_retry, max_age=q.max_age, delay_notice=q.delay_notice),
+            per_domain=q.per_domain,
+            poll=q.poll,
+            sent_copy=outbound.place_sent_copy,
+        )
+        bouncer.wake = outbound.wake = runner.wake
         pop3_backend = StorePop3Backend(store, self.hub, auth)
         ls = cfg.listeners
         try:
@@ -111,6 +156,28 @@ class App:
                     timeout=cfg.smtp_timeout,
                 )
                 await self._listen(name, addr, loop.create_server(factory, *addr))
+            for name, addr, implicit in (
+                ("submission", ls.submission, False),
+                ("submissions", ls.submissions, True),
+            ):
+                if addr is None:
+                    continue
+                sub_factory = make_submission_factory(
+                    outbound,
+                    auth.authenticate,
+                    hostname=cfg.hostname,
+                    tls_context=tls,
+                    data_size_limit=cfg.max_message_size,
+                    implicit_tls=implicit,
+                    plaintext_auth_on_loopback=cfg.allow_plaintext_on_loopback,
+                    plaintext_auth=cfg.allow_plaintext,
+                    timeout=cfg.smtp_timeout,
+                )
+                await self._listen(
+                    name,
+                    addr,
+                    loop.create_server(sub_factory, *addr, ssl=tls if implicit else None),
+                )
             for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
                 if addr is None:
                     continue
@@ -159,6 +226,7 @@ class App:
                         implicit_tls=implicit,
                     ),
                 )
+            runner.start()
         except BaseException:
             await self.stop()
             raise
@@ -198,6 +266,12 @@ class App:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=5)
         self.servers.clear()
+        if self.runner is not None:
+            await self.runner.stop()
+            self.runner = None
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
         if self.store is not None:
             self.store.close()
             self.store = None

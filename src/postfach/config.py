@@ -53,6 +53,49 @@ class Listeners:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """``[relay]``: send remote mail through a smarthost instead of looking up MX records."""
+
+    host: str
+    port: int = 587
+    username: str | None = None
+    password_file: Path | None = None
+    tls: str = "starttls"  # starttls | tls | none
+    verify: bool = True  # check the smarthost's certificate
+    ca_file: Path | None = None
+    domains: tuple[str, ...] | None = None  # None: every remote domain
+
+    def routes(self, domain: str) -> bool:
+        return self.domains is None or domain.lower() in self.domains
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """``[queue]``: the outbound queue's retry schedule (seconds)."""
+
+    first_retry: float = 450.0  # doubles with every attempt (DESIGN.md, mox)
+    max_age: float = 5 * 86400.0  # give up and bounce after this long
+    delay_notice: float = 4 * 3600.0  # a delay DSN once a message is this old; 0 = never
+    per_domain: int = 4  # concurrent connections per destination domain
+    poll: float = 30.0  # how often the runner looks for due work without being woken
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """``[submission]``: the RFC 6409 message submission agent."""
+
+    refuse_full_mailbox: bool = False  # refuse a full local mailbox at RCPT instead of a DSN
+    sent_copy: str = "off"  # default for every account: auto | off
+    sent_copy_accounts: tuple[str, ...] = ()  # accounts with sent_copy = auto
+    sent_copy_window: float = 60.0  # wait this long for the client's own APPEND to Sent
+    dkim: bool = True  # sign with the sender domain's key (made on first use)
+    dkim_selector: str = "postfach"
+
+    def wants_sent_copy(self, account: str) -> bool:
+        return self.sent_copy == "auto" or account.lower() in self.sent_copy_accounts
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path
     hostname: str
@@ -68,6 +111,9 @@ class Config:
     smtp_timeout: float = 300.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    relay: RelayConfig | None = None
+    queue: QueueConfig = QueueConfig()
+    submission: SubmissionConfig = SubmissionConfig()
 
     @property
     def cert_path(self) -> Path:
@@ -149,6 +195,7 @@ def load_config(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
     known = {"hostname", "listen", "limits", "quota", "auth", "tls", "timeouts"}
+    known |= {"relay", "queue", "submission"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown section or key {sorted(unknown)[0]!r}")
@@ -202,9 +249,115 @@ def load_config(
         updates["tls_cert"] = Path(str(tls["cert"])).expanduser()
     if "key" in tls:
         updates["tls_key"] = Path(str(tls["key"])).expanduser()
+    if "relay" in raw:
+        updates["relay"] = _relay(raw["relay"])
+    if "queue" in raw:
+        updates["queue"] = _queue(raw["queue"])
+    if "submission" in raw:
+        updates["submission"] = _submission(raw["submission"])
     if "POSTFACH_POP3_AUTOLOGOUT" in env:
         updates["pop3_autologout"] = _number(env["POSTFACH_POP3_AUTOLOGOUT"], "autologout")
     return replace(cfg, **updates)
+
+
+def _table(value: Any, name: str, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    unknown = set(value) - keys
+    if unknown:
+        raise ConfigError(f"[{name}] has no key {sorted(unknown)[0]!r}")
+    return value
+
+
+def _relay(value: Any) -> RelayConfig:
+    keys = {"host", "port", "username", "password_file", "tls", "verify", "ca_file", "domains"}
+    t = _table(value, "relay", keys)
+    host = str(t.get("host") or "").strip()
+    if not host:
+        raise ConfigError("[relay] host: the smarthost's name or address is required")
+    tls = str(t.get("tls", "starttls")).lower()
+    if tls not in {"starttls", "tls", "none"}:
+        raise ConfigError("[relay] tls: use 'starttls', 'tls' or 'none'")
+    port = t.get("port", 465 if tls == "tls" else 587)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
+        raise ConfigError(f"[relay] port: expected a port number, got {port!r}")
+    domains = t.get("domains")
+    if domains is not None and (
+        not isinstance(domains, list) or not all(isinstance(d, str) for d in domains)
+    ):
+        raise ConfigError('[relay] domains: expected a list of domains, e.g. ["example.com"]')
+    username = t.get("username")
+    password_file = t.get("password_file")
+    if username and not password_file:
+        raise ConfigError("[relay] password_file: required with username")
+    return RelayConfig(
+        host=host,
+        port=port,
+        username=str(username) if username else None,
+        password_file=Path(str(password_file)).expanduser() if password_file else None,
+        tls=tls,
+        verify=_bool(t.get("verify", True), "[relay] verify"),
+        ca_file=Path(str(t["ca_file"])).expanduser() if t.get("ca_file") else None,
+        domains=None if domains is None else tuple(d.lower().rstrip(".") for d in domains),
+    )
+
+
+def _queue(value: Any) -> QueueConfig:
+    t = _table(value, "queue", {"first_retry", "max_age", "delay_notice", "per_domain", "poll"})
+    out = QueueConfig()
+    if "first_retry" in t:
+        out = replace(out, first_retry=_number(t["first_retry"], "[queue] first_retry"))
+    if "max_age" in t:
+        out = replace(out, max_age=_number(t["max_age"], "[queue] max_age"))
+    if "poll" in t:
+        out = replace(out, poll=_number(t["poll"], "[queue] poll"))
+    if "delay_notice" in t:
+        notice = 0.0 if t["delay_notice"] in (0, "0", "off") else None
+        out = replace(
+            out,
+            delay_notice=notice
+            if notice is not None
+            else _number(t["delay_notice"], "[queue] delay_notice"),
+        )
+    if "per_domain" in t:
+        n = t["per_domain"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"[queue] per_domain: expected a positive integer, got {n!r}")
+        out = replace(out, per_domain=n)
+    return out
+
+
+def _submission(value: Any) -> SubmissionConfig:
+    keys = {"full_mailbox", "sent_copy", "sent_copy_window", "dkim", "dkim_selector"}
+    t = _table(value, "submission", keys)
+    out = SubmissionConfig()
+    if "full_mailbox" in t:
+        choice = str(t["full_mailbox"])
+        if choice not in {"bounce", "refuse"}:
+            raise ConfigError("[submission] full_mailbox: use 'bounce' (a DSN) or 'refuse'")
+        out = replace(out, refuse_full_mailbox=choice == "refuse")
+    if "sent_copy" in t:
+        v = t["sent_copy"]
+        if isinstance(v, list) and all(isinstance(a, str) for a in v):
+            out = replace(out, sent_copy_accounts=tuple(a.lower() for a in v))
+        elif v in ("auto", "off"):
+            out = replace(out, sent_copy=str(v))
+        else:
+            raise ConfigError("[submission] sent_copy: use 'auto', 'off' or a list of accounts")
+    if "sent_copy_window" in t:
+        w = t["sent_copy_window"]
+        if w in (0, 0.0):
+            out = replace(out, sent_copy_window=0.0)
+        else:
+            out = replace(out, sent_copy_window=_number(w, "[submission] sent_copy_window"))
+    if "dkim" in t:
+        out = replace(out, dkim=_bool(t["dkim"], "[submission] dkim"))
+    if "dkim_selector" in t:
+        sel = str(t["dkim_selector"])
+        if not sel or not all(c.isalnum() or c in "-_." for c in sel):
+            raise ConfigError(f"[submission] dkim_selector: not a DNS label: {sel!r}")
+        out = replace(out, dkim_selector=sel)
+    return out
 
 
 def _hostname() -> str:

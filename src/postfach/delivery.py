@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from postfach.dsn import FailedRecipient, build_dsn
@@ -160,18 +160,18 @@ class DeliveryTxn:
         """Tell the sender about recipients refused after DATA was accepted for others.
 
         Never to the null sender (RFC 5321 §4.5.5). A local sender gets the DSN in their INBOX
-        at once; a remote sender needs the outbound queue, which does not exist yet, so that
-        case is logged. Returns whether a DSN was stored.
+        at once; a remote sender's DSN goes to the outbound queue (`LocalDelivery.remote_bounce`,
+        wired by app.py); without a queue that case is logged. Returns whether a DSN was stored.
         """
         s = self.service
         if not self.mail_from or not failed:
             return False
-        names = s.store.resolve(self.mail_from) if s.store.is_local_domain(
-            self.mail_from.rpartition("@")[2]
-        ) else None  # fmt: skip
-        if not names:
+        is_local = s.store.is_local_domain(self.mail_from.rpartition("@")[2])
+        names = s.store.resolve(self.mail_from) if is_local else None
+        if not names and (is_local or s.remote_bounce is None):
             log.warning(
-                "event=bounce_not_sent reason=no_outbound_queue sender=<%s> rcpts=%s",
+                "event=bounce_not_sent reason=%s sender=<%s> rcpts=%s",
+                "unknown_local_sender" if is_local else "no_outbound_queue",
                 self.mail_from[:200], ",".join(o.address for o in failed)[:500],
             )  # fmt: skip
             return False
@@ -188,6 +188,10 @@ class DeliveryTxn:
             boundary=secrets.token_hex(12),
             message_id=f"{secrets.token_hex(12)}@{s.settings.hostname}",
         )
+        if not names:
+            assert s.remote_bounce is not None
+            await s.remote_bounce(self.mail_from, dsn)
+            return True
         local = s.settings.hostname
         message = s.trace_headers("", local, "127.0.0.1", "LOCAL") + dsn
         blob = await asyncio.get_running_loop().run_in_executor(None, s.prepare, message)
@@ -206,6 +210,8 @@ class LocalDelivery:
         self.store = store
         self.settings = settings
         self._structure = structure
+        # Where DSNs for remote senders go (the outbound queue); set by the composition root.
+        self.remote_bounce: Callable[[str, bytes], Awaitable[object]] | None = None
 
     def start(
         self,

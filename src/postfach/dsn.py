@@ -20,6 +20,8 @@ class FailedRecipient:
     status: str  # enhanced status code, e.g. "5.2.2"
     diagnostic: str  # the SMTP reply, e.g. "552 5.2.2 Mailbox full"
     action: str = "failed"  # failed | delayed | delivered | relayed | expanded
+    original_recipient: str | None = None  # RFC 3461 ORCPT, "rfc822;addr"
+    remote_mta: str | None = None  # the server that gave the diagnostic
 
 
 def _clean(text: str) -> str:
@@ -45,9 +47,13 @@ def build_dsn(
     """
     date = email.utils.formatdate(now, usegmt=True)
     failed = [r for r in recipients if r.action == "failed"]
-    subject = (
-        "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
-    )
+    delayed = [r for r in recipients if r.action == "delayed"]
+    if failed:
+        subject = "Undelivered Mail Returned to Sender"
+    elif delayed:
+        subject = "Delayed Mail (still being retried)"
+    else:
+        subject = "Successful Mail Delivery Report"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
         f"To: <{_clean(sender)}>",
@@ -69,8 +75,10 @@ def build_dsn(
     ]
     if failed:
         lines += ["Your message could not be delivered to the following recipients:", ""]
-    else:
+    elif delayed:
         lines += ["Your message has not been delivered yet; delivery will be retried:", ""]
+    else:
+        lines += ["Your message was delivered (or relayed) to the following recipients:", ""]
     for r in recipients:
         reason = _clean(r.diagnostic)
         if r.status == "5.2.2" or r.status == "4.2.2":
@@ -88,13 +96,17 @@ def build_dsn(
     lines.append(f"Arrival-Date: {date}")
     for r in recipients:
         code = _clean(r.diagnostic)
+        lines.append("")
+        if r.original_recipient:
+            lines.append(f"Original-Recipient: {_clean(r.original_recipient)}")
         lines += [
-            "",
             f"Final-Recipient: rfc822; {_clean(r.address)}",
             f"Action: {r.action}",
             f"Status: {r.status}",
-            f"Diagnostic-Code: smtp; {code}",
         ]
+        if r.remote_mta:
+            lines.append(f"Remote-MTA: dns; {_clean(r.remote_mta)}")
+        lines.append(f"Diagnostic-Code: smtp; {code}")
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     if full:
         part = f"\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n".encode()
@@ -104,3 +116,46 @@ def build_dsn(
         m = _HEADER_END.search(original)
         body = original[: m.start()] + b"\r\n" if m else original
     return head + part + body + f"\r\n--{boundary}--\r\n".encode()
+
+
+# ---- RFC 3461 parameters (ESMTP DSN extension) ----------------------------------------------
+
+_XCHAR = re.compile(r"\+([0-9A-F]{2})")
+RET_VALUES = frozenset({"FULL", "HDRS"})
+NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
+
+
+def xtext_encode(text: str) -> str:
+    """RFC 3461 §4: printable ASCII except "+" and "=", everything else as ``+HH``."""
+    return "".join(
+        c if 33 <= ord(c) <= 126 and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+        for c in text
+    )
+
+
+def xtext_decode(text: str) -> str:
+    """Decode xtext; raises ValueError on malformed input."""
+    if any(not 33 <= ord(c) <= 126 or c == "=" for c in text):
+        raise ValueError("not xtext")
+    if "+" in _XCHAR.sub("", text):
+        raise ValueError("bad xtext escape")
+    raw = _XCHAR.sub(lambda m: chr(int(m.group(1), 16)), text).encode("latin-1")
+    return raw.decode("utf-8", "replace")
+
+
+def parse_notify(value: str) -> str:
+    """RFC 3461 §4.1: NEVER alone, or a comma list of SUCCESS, FAILURE, DELAY."""
+    parts = [p.upper() for p in value.split(",")]
+    if not parts or any(p not in NOTIFY_VALUES for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"bad NOTIFY value {value!r}")
+    if "NEVER" in parts and len(parts) > 1:
+        raise ValueError("NOTIFY=NEVER cannot be combined")
+    return ",".join(parts)
+
+
+def parse_orcpt(value: str) -> str:
+    """RFC 3461 §4.2: ``addr-type ";" xtext`` -> ``"rfc822;decoded"``."""
+    kind, sep, addr = value.partition(";")
+    if not sep or not kind or not addr:
+        raise ValueError(f"bad ORCPT value {value!r}")
+    return f"{kind.lower()};{xtext_decode(addr)}"

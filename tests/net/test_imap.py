@@ -203,6 +203,7 @@ def test_idle_is_told_of_delivery_within_a_second(server: RunningServer) -> None
     server.send([ALICE], message("while idling"))
     assert raw.line() == b"* 1 EXISTS"
     assert time.monotonic() - start < 1.0
+    assert raw.line() == b"* 1 RECENT"  # RFC 3501 §7.3.2 (an IMAP4rev1 session)
     raw.send(b"DONE\r\n")
     assert raw.line() == b"c OK IDLE terminated"
     raw.send(b"d LOGOUT\r\n")
@@ -304,7 +305,8 @@ def test_imapclient_works(server: RunningServer) -> None:
         data = c.fetch(uids, ["ENVELOPE", "FLAGS", "BODYSTRUCTURE", "INTERNALDATE"])
         assert data[1][b"ENVELOPE"].subject == b"for imapclient"
         c.add_flags(uids, [b"\\Flagged", b"$Work"])
-        assert set(c.get_flags(uids)[1]) == {b"\\Flagged", b"$Work"}
+        # \\Recent: the first IMAP4rev1 session to see a message (RFC 3501 §2.3.2)
+        assert set(c.get_flags(uids)[1]) == {b"\\Recent", b"\\Flagged", b"$Work"}
         c.create_folder("Projects/2024")
         assert any(f[2] == "Projects/2024" for f in c.list_folders())
         assert c.folder_status("INBOX", ["MESSAGES", "HIGHESTMODSEQ"])[b"MESSAGES"] == 1

@@ -24,6 +24,8 @@ from postfach.imap.commands import FetchAttr, FetchBinarySize, FetchItem, FetchS
 from postfach.imap.fetch import (
     FetchResponse,
     UnknownCte,
+    base64_nul_parts,
+    decode_qp,
     email_id,
     fetch_response,
     implies_seen,
@@ -314,6 +316,59 @@ def test_binary_decodes_and_uses_literal8_for_nul() -> None:
     assert items_of(resp)["BINARY[3]"] == b"Subject: inner\r\nFrom: x@y.example\r\n\r\ninner body"
     resp, _ = run(SAMPLE, [FetchSection(peek=True, part=(8,), binary=True)])
     assert items_of(resp)["BINARY[8]"] is None
+
+
+def test_quoted_printable_is_decoded_as_rfc2045_says() -> None:
+    """RFC 2045 §6.7 rules 3 and 5 (imaptest fetch-binary-mime-qp): trailing blanks are
+    padding, ``=`` then blanks before the line end is a soft break."""
+    raw = b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\nfoo\t \t= \r\n=62\r\nfoo =\t\r\nbar\r\n"
+    assert decode_qp(raw) == b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\n"
+    assert decode_qp(b"a=3D=3db=\nc=XY  \nlast  ") == b"a==bc=XY\nlast"
+    assert decode_qp(b"") == b""
+    assert decode_qp(b"no end=") == b"no end"
+    data = msg("Content-Transfer-Encoding: quoted-printable\n\nsoft =\t\nbreak  \n")
+    resp, _ = run(data, [FetchSection(peek=True, part=(1,), binary=True), FetchBinarySize((1,))])
+    got = items_of(resp)
+    assert got["BINARY[1]"] == b"soft break\r\n" and got["BINARY.SIZE[1]"] == 12
+
+
+def test_nul_parts_become_base64() -> None:
+    """RFC 3516 §4.4 / RFC 9051 §4.3 (imaptest append-binary): no literal carries NUL, so a
+    literal8 APPEND's parts with NUL are stored base64; BINARY gives back the same octets."""
+    single = (
+        b"From: a@b.example\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\n\x00-\xe4\r\n\r\n"
+    )
+    out = base64_nul_parts(single)
+    assert out == (
+        b"From: a@b.example\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nAC3kDQoNCg=="
+    )
+    resp, _ = run(out, [FetchSection(peek=True, part=(1,), binary=True), FetchBinarySize((1,))])
+    assert items_of(resp) == {"BINARY[1]": b"\x00-\xe4\r\n\r\n", "BINARY.SIZE[1]": 7}
+    multi = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n'
+        b"\r\nhi\r\n--b\r\nContent-Type: application/x\r\nContent-Transfer-Encoding:\r\n binary"
+        b"\r\n\r\n\x00\x01\x02\r\n--b\r\n\r\n" + b"\x00" * 100 + b"\r\n--b--\r\n"
+    )
+    out = base64_nul_parts(multi)
+    assert b"\x00" not in out and b"binary" not in out
+    assert b"Content-Type: text/plain\r\n\r\nhi\r\n" in out  # parts without NUL stay as they are
+    assert b"Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b\r\n" in out
+    assert b"\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA" in out
+    lines = out.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 76
+    resp, _ = run(out, [FetchSection(peek=True, part=(3,), binary=True)])
+    assert items_of(resp)["BINARY[3]"] == b"\x00" * 100
+    plain = msg("Subject: no nul\n\nbody\n")
+    assert base64_nul_parts(plain) is plain
+
+
+def test_flags_show_recent_when_asked() -> None:
+    resp, _ = run(SAMPLE, [FetchAttr("FLAGS")])
+    assert b"\\Recent" not in resp.to_bytes()
+    resp, _ = run(SAMPLE, [FetchAttr("FLAGS")], recent=True)  # an IMAP4rev1 session's \\Recent
+    assert resp.to_bytes() == b"* 3 FETCH (FLAGS (\\Recent))\r\n"
 
 
 def test_binary_size() -> None:

@@ -259,6 +259,16 @@ def test_keys(key: SearchKey, expected: list[int]) -> None:
     assert hits(key, MSGS, ctx_for(MSGS, saved=(2,))) == expected
 
 
+def test_recent_new_old_follow_the_session_recent_set() -> None:
+    """RFC 3501 §6.4.4: RECENT, NEW = RECENT UNSEEN, OLD = NOT RECENT (imaptest search-flags)."""
+    ctx = ctx_for(MSGS)
+    ctx.recent = frozenset({1, 2})
+    assert hits(k("RECENT"), MSGS, ctx) == [1, 2]
+    assert hits(k("NEW"), MSGS, ctx) == [2]  # 1 is \\Seen
+    assert hits(k("OLD"), MSGS, ctx) == [3]
+    assert hits(k("NOT", None, k("OLD")), MSGS, ctx) == [1, 2]
+
+
 def test_threadid() -> None:
     tid = thread_id(MSGS[0], PARSED[0], BODIES[0])
     assert hits(k("THREADID", tid), MSGS) == [1, 2]  # 2 replies to 1

@@ -115,6 +115,7 @@ class Env:
     store: SqliteMailstore
     hub: Hub
     sessions: list[ImapSession] = dataclasses.field(default_factory=list)
+    backend: ImapBackend | None = None
 
     def account(self, name: str = "alice@example.org", messages: int = 2, **kw: Any) -> Account:
         acc = self.store.add_account(name, "unused-hash", **kw)
@@ -134,9 +135,9 @@ class Env:
             return acc.name if acc is not None and password == PASSWORD else None
 
         out = Out()
-        session = ImapSession(
-            ImapBackend(self.store, self.hub, authenticate), settings, out, conn_id="test", **kw
-        )
+        if self.backend is None:  # one per server, as in app.py (it holds the \Recent claims)
+            self.backend = ImapBackend(self.store, self.hub, authenticate)
+        session = ImapSession(self.backend, settings, out, conn_id="test", **kw)
         self.sessions.append(session)
         session.greet()
         out.take()
@@ -587,7 +588,7 @@ def test_select_and_examine_responses(tmp_path: Path) -> None:
         await cl.login()
         lines = await cl.ok("SELECT INBOX")
         assert lines[0].startswith("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft")
-        assert "* 2 EXISTS" in lines and "* 0 RECENT" in lines
+        assert "* 2 EXISTS" in lines and "* 2 RECENT" in lines  # the first to see them
         assert "* OK [UNSEEN 1] first unseen" in lines
         assert any(ln.startswith("* OK [PERMANENTFLAGS (") and "\\*)]" in ln for ln in lines)
         assert any(ln.startswith("* OK [UIDVALIDITY ") for ln in lines)
@@ -596,6 +597,7 @@ def test_select_and_examine_responses(tmp_path: Path) -> None:
         lines = await cl.ok("EXAMINE INBOX")
         assert lines[0] == "* OK [CLOSED] previous mailbox closed"
         assert "* OK [PERMANENTFLAGS ()] flags" in lines
+        assert "* 0 RECENT" in lines  # the SELECT before claimed them (RFC 3501 §2.3.2)
         assert lines[-1] == f"t{cl.n} OK [READ-ONLY] EXAMINE completed"
         assert (await cl.cmd("STORE 1 +FLAGS (\\Seen)"))[-1].startswith(f"t{cl.n} NO")
         assert await cl.status("EXPUNGE") == "NO"
@@ -625,20 +627,20 @@ def test_fetch_and_store(tmp_path: Path) -> None:
         lines = await cl.ok("FETCH 1 BODY[TEXT]")
         assert lines[0] == "* 1 FETCH (BODY[TEXT] {14}"
         assert lines[1] == "Hello there."
-        assert "FLAGS (\\Seen)" in lines[2]
+        assert "FLAGS (\\Recent \\Seen)" in lines[2]
         lines = await cl.ok("UID FETCH 2 (FLAGS)")
-        assert lines[0] == "* 2 FETCH (UID 2 FLAGS ())"
+        assert lines[0] == "* 2 FETCH (UID 2 FLAGS (\\Recent))"
         assert (await cl.cmd("FETCH 3 FLAGS"))[-1].startswith(f"t{cl.n} BAD")
         assert (await cl.ok("UID FETCH 3:5 FLAGS")) == [f"t{cl.n} OK FETCH completed"]
         lines = await cl.ok("STORE 1:2 +FLAGS (\\Flagged $Important)")
         # The new keyword is announced first (RFC 9051 §7.3.5), then the flags.
         assert lines[0].startswith("* FLAGS (") and "$Important" in lines[0]
-        assert "* 1 FETCH (UID 1 FLAGS (\\Seen \\Flagged $Important))" in lines
-        assert "* 2 FETCH (UID 2 FLAGS (\\Flagged $Important))" in lines
+        assert "* 1 FETCH (UID 1 FLAGS (\\Recent \\Seen \\Flagged $Important))" in lines
+        assert "* 2 FETCH (UID 2 FLAGS (\\Recent \\Flagged $Important))" in lines
         lines = await cl.ok("STORE 1 -FLAGS.SILENT (\\Flagged)")
         assert lines == [f"t{cl.n} OK STORE completed"]
         lines = await cl.ok("UID STORE 1 FLAGS (\\Answered)")
-        assert lines[0] == "* 1 FETCH (UID 1 FLAGS (\\Answered))"
+        assert lines[0] == "* 1 FETCH (UID 1 FLAGS (\\Recent \\Answered))"
         assert (await cl.cmd("STORE 1 +FLAGS (\\Recent)"))[-1].startswith(f"t{cl.n} BAD")
 
     run(tmp_path, body)
@@ -658,7 +660,7 @@ def test_append_stores_exact_octets(tmp_path: Path) -> None:
         out = await cl.raw(b"f1 FETCH 1 (BODY[] INTERNALDATE FLAGS RFC822.SIZE)\r\n")
         assert b"{%d}\r\n" % len(raw) + raw in out
         assert b'INTERNALDATE "05-Mar-2024 13:15:16 +0000"' in out
-        assert b"FLAGS (\\Seen $Label)" in out and b"RFC822.SIZE %d" % len(raw) in out
+        assert b"FLAGS (\\Recent \\Seen $Label)" in out and b"RFC822.SIZE %d" % len(raw) in out
         assert (await cl.cmd("APPEND Nope {3+}\r\nabc"))[-1].startswith(f"t{cl.n} NO [TRYCREATE]")
         assert (await cl.cmd('APPEND INBOX "bad date" {3+}\r\nabc'))[-1].split()[1] == "BAD"
         # MULTIAPPEND: all or nothing.
@@ -773,7 +775,7 @@ def test_idle_gets_updates_immediately(tmp_path: Path) -> None:
         assert await b.cmd("IDLE") == ["+ idling"]
         env.deliver("alice@example.org", message(3))
         await asyncio.sleep(0.05)
-        assert b.out.take() == b"* 3 EXISTS\r\n"
+        assert b.out.take() == b"* 3 EXISTS\r\n* 1 RECENT\r\n"  # b learnt of it first
         await a.ok("STORE 1 +FLAGS (\\Deleted)")
         await a.ok("EXPUNGE")
         await asyncio.sleep(0.05)
@@ -792,6 +794,9 @@ def test_idle_gets_updates_immediately(tmp_path: Path) -> None:
 def test_condstore_and_qresync(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         env.account(messages=3)
+        first = env.client()  # takes the \\Recent flags, so FLAGS below show none
+        await first.login()
+        await first.ok("SELECT INBOX")
         cl = env.client()
         await cl.login()
         lines = await cl.ok("SELECT INBOX (CONDSTORE)")
@@ -931,8 +936,12 @@ def test_binary_preview_savedate_objectid_within(tmp_path: Path) -> None:
         assert lines[-1].startswith(f"t{cl.n} OK [APPENDUID ")
         lines = await cl.cmd(b"APPEND INBOX {%d+}\r\n" % len(data) + data)
         assert lines[-1].startswith(f"t{cl.n} BAD")
-        out = await cl.raw(b"g FETCH 2 (BINARY.PEEK[])\r\n")
-        assert b"~{%d}\r\n" % len(data) + data in out
+        # The part holding NUL is stored base64-encoded (RFC 3516 §4.4; imaptest append-binary):
+        # BINARY[1] gives back the octets sent, BODY[] carries no NUL.
+        out = await cl.raw(b"g FETCH 2 (BINARY.PEEK[1] BINARY.SIZE[1] BODY.PEEK[])\r\n")
+        assert b"BINARY[1] ~{5}\r\na\x00b\r\n BINARY.SIZE[1] 5 " in out
+        assert b"Content-Transfer-Encoding: base64\r\n\r\nYQBiDQo=)" in out
+        assert b"\x00" not in out.split(b"BODY[]")[1]
 
     run(tmp_path, body)
 
@@ -969,5 +978,209 @@ def test_authorization_identity(tmp_path: Path) -> None:
         )
         assert lines[-1].startswith(f"t{cl.n} NO [AUTHORIZATIONFAILED]")
         assert cl.session.account is None
+
+    run(tmp_path, body)
+
+
+# ---- found by imaptest (docs/conformance.md) ------------------------------------------------
+
+
+def test_invalid_modified_utf7_names_are_no_not_bad(tmp_path: Path) -> None:
+    """imaptest atoms: a name of printable ASCII that is not valid modified UTF-7 is well-formed
+    IMAP; it names no mailbox (NO), matches nothing (LIST is OK and empty), cannot be created."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        cl = env.client()
+        await cl.login()
+        name = "!#$&'+,-.0123456789:;<=>?@^_`|[}"
+        lines = await cl.cmd(f"SELECT {name}")
+        assert lines == [f"t{cl.n} NO [NONEXISTENT] no such mailbox"]
+        assert await cl.ok(f'LIST "" {name}%*') == [f"t{cl.n} OK LIST completed"]
+        assert await cl.ok(f'LIST "{name}" *') == [f"t{cl.n} OK LIST completed"]
+        lines = await cl.cmd(f"CREATE {name}")
+        assert lines == [f"t{cl.n} NO [CANNOT] mailbox name is not valid modified UTF-7"]
+        assert await cl.status(f"RENAME INBOX {name}") == "NO"
+        assert await cl.status(f"SUBSCRIBE {name}") == "NO"
+        assert await cl.status("SELECT INBOX") == "OK"  # the connection is fine
+
+    run(tmp_path, body)
+
+
+def test_recursivematch_childinfo_only_for_inferiors_that_match_no_pattern(
+    tmp_path: Path,
+) -> None:
+    """imaptest listext, RFC 5258 §4: CHILDINFO when a subscribed inferior is not listed itself."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        cl = env.client()
+        await cl.login()
+        for name in ("t/a/x", "t/b/b", "t/b/c", "t/c/c"):
+            await cl.ok(f"CREATE {name}")
+            await cl.ok(f"SUBSCRIBE {name}")
+        await cl.ok("UNSUBSCRIBE t/b/b")
+        lines = await cl.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" (t/a t/a/x)')
+        assert lines[:-1] == ['* LIST (\\HasNoChildren \\Subscribed) "/" t/a/x']
+        lines = await cl.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" (t/a)')
+        assert lines[:-1] == ['* LIST (\\HasChildren) "/" t/a ("CHILDINFO" ("SUBSCRIBED"))']
+        lines = await cl.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" t*c')  # t/c is not listed
+        assert lines[:-1] == [
+            '* LIST (\\HasNoChildren \\Subscribed) "/" t/b/c',
+            '* LIST (\\HasNoChildren \\Subscribed) "/" t/c/c',
+        ]
+        lines = await cl.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" t/%')
+        assert '* LIST (\\HasChildren) "/" t/b ("CHILDINFO" ("SUBSCRIBED"))' in lines
+
+    run(tmp_path, body)
+
+
+def test_logout_sends_no_pending_updates(tmp_path: Path) -> None:
+    """imaptest expunge2: after LOGOUT's BYE only the tagged OK follows, no FETCH or EXPUNGE."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        a, b = env.client(), env.client()
+        for cl in (a, b):
+            await cl.login()
+            await cl.ok("SELECT INBOX")
+        await a.ok("STORE 1 +FLAGS (\\Deleted)")
+        await a.ok("EXPUNGE")
+        await a.ok("STORE 1 +FLAGS (\\Seen)")
+        assert await b.cmd("LOGOUT") == ["* BYE logging out", f"t{b.n} OK LOGOUT completed"]
+
+    run(tmp_path, body)
+
+
+def test_keywords_from_another_session_are_announced_first(tmp_path: Path) -> None:
+    """imaptest store, RFC 9051 §7.3.5: FLAGS (and PERMANENTFLAGS) with a keyword new to the
+    mailbox before the FETCH that shows it, also when another session set it."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        a, b = env.client(), env.client()
+        for cl in (a, b):
+            await cl.login()
+            await cl.ok("SELECT INBOX")
+        await a.ok("STORE 2 +FLAGS ($hello $world)")
+        lines = await b.ok("NOOP")
+        assert lines[0].startswith("* FLAGS (") and lines[0].endswith(" $hello $world)")
+        assert lines[1].startswith("* OK [PERMANENTFLAGS (") and "$world \\*)]" in lines[1]
+        assert lines[2] == "* 2 FETCH (UID 2 FLAGS ($hello $world))"
+        await a.ok("STORE 1 +FLAGS ($hello)")
+        assert (await b.ok("NOOP"))[0] == "* 1 FETCH (UID 1 FLAGS ($hello))"  # no new keyword
+        data = b"Subject: kw\r\n\r\nbody\r\n"
+        await a.cmd(b"APPEND INBOX ($fresh) {%d+}\r\n" % len(data) + data)
+        lines = await b.ok("NOOP")
+        assert lines[0].startswith("* FLAGS (") and "$fresh" in lines[0]
+        assert "* 3 EXISTS" in lines
+
+    run(tmp_path, body)
+
+
+def test_condstore_enabling_command_reports_highestmodseq(tmp_path: Path) -> None:
+    """imaptest esearch-condstore, RFC 7162 §3.1: the first CONDSTORE-enabling command in the
+    selected state gets an untagged OK [HIGHESTMODSEQ]; later ones do not."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        cl = env.client()
+        await cl.login()
+        lines = await cl.ok("SELECT INBOX")
+        hms = next(ln for ln in lines if "HIGHESTMODSEQ" in ln).split()[3]
+        lines = await cl.ok("FETCH 1 MODSEQ")
+        assert lines[0] == f"* OK [HIGHESTMODSEQ {hms} highest"
+        assert lines[1].startswith("* 1 FETCH (MODSEQ (")
+        assert not any("HIGHESTMODSEQ" in ln for ln in await cl.ok("FETCH 1 MODSEQ"))
+        cl2 = env.client()
+        await cl2.login()
+        await cl2.ok("SELECT INBOX")
+        lines = await cl2.ok("SEARCH MODSEQ 1")
+        assert lines[0].startswith("* OK [HIGHESTMODSEQ ")
+
+    run(tmp_path, body)
+
+
+def test_recent_for_imap4rev1_sessions(tmp_path: Path) -> None:
+    """imaptest select, copy, search-flags; RFC 3501 §2.3.2: \\Recent belongs to the first
+    session to learn of a message; EXAMINE claims nothing; IMAP4rev2 sessions have none."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        a, b, c = env.client(), env.client(), env.client()
+        for cl in (a, b, c):
+            await cl.login()
+        await c.ok("ENABLE IMAP4rev2")
+        lines = await c.ok("SELECT INBOX")  # IMAP4rev2: no RECENT, claims nothing
+        assert not any("RECENT" in ln for ln in lines)
+        assert "* STATUS INBOX (RECENT 2)" in await a.ok("STATUS INBOX (RECENT)")
+        assert "* 2 RECENT" in await a.ok("EXAMINE INBOX")
+        assert "* 2 RECENT" in await a.ok("EXAMINE INBOX")  # EXAMINE claims nothing
+        assert "* 2 RECENT" in await a.ok("SELECT INBOX")
+        assert "* STATUS INBOX (RECENT 0)" in await b.ok("STATUS INBOX (RECENT)")
+        assert "* 0 RECENT" in await b.ok("SELECT INBOX")
+        assert (await a.ok("FETCH 1 FLAGS"))[0] == "* 1 FETCH (FLAGS (\\Recent))"
+        assert (await b.ok("FETCH 1 FLAGS"))[0] == "* 1 FETCH (FLAGS ())"
+        await a.ok("STORE 1 +FLAGS.SILENT (\\Seen)")
+        assert (await a.ok("SEARCH RECENT"))[0] == "* SEARCH 1 2"
+        assert (await a.ok("SEARCH NEW"))[0] == "* SEARCH 2"
+        assert (await a.ok("SEARCH OLD"))[0] == "* SEARCH"
+        assert (await b.ok("SEARCH OLD"))[0] == "* SEARCH 1 2"
+        assert (await b.ok("SEARCH RECENT"))[0] == "* SEARCH"
+        # COPY: the copies are recent for the session selecting the target that hears first.
+        await b.ok("CREATE Target")
+        await b.ok("SELECT Target")
+        await a.ok("COPY 1:2 Target")
+        lines = await b.ok("NOOP")
+        assert lines[:2] == ["* 2 EXISTS", "* 2 RECENT"]
+        lines = await b.ok("FETCH 1:2 FLAGS")
+        assert lines[:2] == ["* 1 FETCH (FLAGS (\\Recent \\Seen))", "* 2 FETCH (FLAGS (\\Recent))"]
+        # IMAP4rev2 enabled while selected: \\Recent is gone.
+        await a.ok("ENABLE IMAP4rev2")
+        assert (await a.ok("FETCH 2 FLAGS"))[0] == "* 2 FETCH (FLAGS ())"
+        # A mailbox deleted and created again starts afresh.
+        await b.ok("UNSELECT")
+        await b.ok("DELETE Target")
+        await b.ok("CREATE Target")
+        await a.ok("COPY 1 Target")
+        assert "* STATUS Target (RECENT 1)" in await b.ok("STATUS Target (RECENT)")
+
+    run(tmp_path, body)
+
+
+def test_search_body_uses_the_full_text_index(tmp_path: Path) -> None:
+    """SEARCH BODY/TEXT asks the store's index (`search_text_uids`) and trusts its answer;
+    None (e.g. a needle under three characters) falls back to scanning."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        calls: list[tuple[int, str, str]] = []
+
+        def fake(mailbox_id: int, key: str, needle: str) -> set[int] | None:
+            calls.append((mailbox_id, key, needle))
+            return {2} if len(needle) >= 3 else None
+
+        env.store.search_text_uids = fake  # type: ignore[method-assign]
+        cl = env.client()
+        await cl.login()
+        await cl.ok("SELECT INBOX")
+        assert (await cl.ok("SEARCH BODY nowhere"))[0] == "* SEARCH 2"
+        assert (await cl.ok("SEARCH TEXT Hello"))[0] == "* SEARCH 2"
+        assert (await cl.ok("SEARCH BODY He"))[0] == "* SEARCH 1 2"  # scanned
+        assert [c[1:] for c in calls] == [("BODY", "nowhere"), ("TEXT", "Hello"), ("BODY", "He")]
+
+    run(tmp_path, body)
+
+
+def test_uidvalidity_of_a_recreated_mailbox_differs(tmp_path: Path) -> None:
+    async def body(env: Env) -> None:
+        env.account()
+        cl = env.client()
+        await cl.login()
+        await cl.ok("CREATE Zz")
+        before = (await cl.ok("STATUS Zz (UIDVALIDITY)"))[0]
+        await cl.ok("DELETE Zz")
+        await cl.ok("CREATE Zz")
+        assert (await cl.ok("STATUS Zz (UIDVALIDITY)"))[0] != before
 
     run(tmp_path, body)

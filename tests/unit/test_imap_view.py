@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from postfach.imap.commands import SequenceSet
 from postfach.imap.sequence import parse_sequence_set
-from postfach.imap.view import View
+from postfach.imap.view import RecentClaims, View
 from postfach.store.api import (
     Flag,
     FlagsChanged,
@@ -82,6 +82,58 @@ def test_exists_for_new_messages() -> None:
     assert v.has_pending and v.exists == 2  # not yet told
     assert v.pending_updates(False) == [b"* 4 EXISTS\r\n"]
     assert v.exists == 4 and v.uid_of(4) == 4
+
+
+def test_recent_claims() -> None:
+    """RFC 3501 §2.3.2: a message is \\Recent in the first session to learn of it, only."""
+    claims = RecentClaims()
+    box = (MBOX, 77)
+    assert claims.claimed(box) == 0
+    assert claims.claim(box, 3) and not claims.claim(box, 3) and not claims.claim(box, 2)
+    assert claims.claim(box, 4) and claims.claimed(box) == 4
+    assert claims.claimed((MBOX, 78)) == 0  # another UIDVALIDITY is another mailbox
+    claims.forget(box)
+    assert claims.claimed(box) == 0
+
+
+def test_recent_new_messages_and_recent_response() -> None:
+    """New messages this session claims are \\Recent; RECENT follows EXISTS (RFC 3501 §7.3.2),
+    and FETCH FLAGS shows \\Recent (imaptest copy)."""
+    claims = RecentClaims()
+    box = (MBOX, 77)
+    claims.claim(box, 2)
+    v = View(MBOX, 77, [meta(1), meta(2)], 10, recent=[2], claim=lambda u: claims.claim(box, u))
+    assert v.recent == 1
+    v.apply(added(3, 11))
+    assert v.pending_updates(True) == [b"* 3 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    claims.claim(box, 4)  # another session learnt of 4 first
+    v.apply(added(4, 12))
+    assert v.pending_updates(True) == [b"* 4 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    assert v.recent_uids == {2, 3}
+    v.apply(flagged(3, 13, Flag.SEEN))
+    v.apply(flagged(4, 14, Flag.SEEN))
+    assert v.pending_updates(True) == [
+        b"* 3 FETCH (UID 3 FLAGS (\\Recent \\Seen))\r\n",
+        b"* 4 FETCH (UID 4 FLAGS (\\Seen))\r\n",
+    ]
+    v.apply(expunged(15, 2))
+    assert v.pending_updates(True) == [b"* 2 EXPUNGE\r\n"] and v.recent == 1
+    # IMAP4rev2 (no claim): no \\Recent, no RECENT response.
+    v2 = view([1])
+    v2.apply(added(5, 11))
+    assert v2.pending_updates(True) == [b"* 2 EXISTS\r\n"] and v2.recent == 0
+
+
+def test_pending_keywords() -> None:
+    """Keywords of what the next report shows, so FLAGS can announce new ones first (RFC 9051
+    §7.3.5; imaptest store: a keyword set by another session)."""
+    v = view([1, 2])
+    assert v.pending_keywords() == set()
+    v.apply(flagged(1, 11, Flag.NONE, ("$hello", "$world")))
+    v.apply(MessageAdded(1, MBOX, 3, 12, Flag.NONE, ("$new",)))
+    assert v.pending_keywords() == {"$hello", "$world", "$new"}
+    v.pending_updates(True)
+    assert v.pending_keywords() == set()
 
 
 def test_other_mailboxes_and_other_changes_are_ignored() -> None:

@@ -422,3 +422,19 @@ def test_full_text_search_indexed_and_not_yet_indexed(tmp_path: Path) -> None:
         conn.close()
     finally:
         s.close()
+
+
+def test_a_caller_giving_up_does_not_stop_the_writer(store: SqliteMailstore) -> None:
+    gate = threading.Event()
+
+    def blocker(conn: sqlite3.Connection, batch: object) -> None:
+        gate.wait(10)
+
+    first = store.submit(blocker)
+    abandoned = store.submit(store._op_add_domain, "abandoned.example")
+    assert abandoned.cancel()  # the caller's client hung up before the op started
+    gate.set()
+    first.result(10)
+    assert not store.is_local_domain("abandoned.example")
+    store.add_domain("later.example")  # the writer is still alive
+    assert store.is_local_domain("later.example")

@@ -20,6 +20,11 @@ from rich.table import Table
 from postfach import __version__
 from postfach.app import App, StartupError, open_store
 from postfach.auth.passwords import hash_password
+from postfach.cli.dkim import domain_dkim
+from postfach.cli.fetch import fetch as fetch_command
+from postfach.cli.queue import queue as queue_group
+from postfach.cli.sync import sync_command
+from postfach.cli.transfer import export_command, import_command
 from postfach.config import Config, ConfigError, default_data_dir, load_config
 from postfach.errors import StoreError
 from postfach.quota import format_size, parse_size
@@ -335,6 +340,15 @@ def check(obj: _Ctx, repair: bool) -> None:
         console.print("repaired")
         return
     sys.exit(2)
+
+
+for _command in (fetch_command, import_command, export_command):
+    cli.add_command(_command)
+
+
+cli.add_command(queue_group)
+cli.add_command(sync_command)
+domain.add_command(domain_dkim)
 
 
 def main() -> None:

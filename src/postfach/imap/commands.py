@@ -13,6 +13,14 @@ from typing import Literal
 # ---- shared values ----------------------------------------------------------------------------
 
 
+class UndecodableName(str):
+    """A mailbox name, reference or pattern that is not valid modified UTF-7 (RFC 3501 §5.1.3),
+    kept as sent. It is well-formed IMAP (an astring), so it is not a syntax error: it names no
+    mailbox and matches none (SELECT answers NO, LIST lists nothing, CREATE refuses it)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class SequenceSet:
     """RFC 9051 §9 sequence-set: ``None`` in a range is ``*``; ``saved`` is ``$`` (RFC 5182).

@@ -17,7 +17,8 @@ Rules implemented here:
 - \\Seen is implied by BODY[...] (not PEEK), BINARY[...] (not PEEK), RFC822 and RFC822.TEXT
   (RFC 9051 §6.4.5, RFC 3516 §4.2); never in a read-only (EXAMINE) session (RFC 9051 §6.3.3).
 - BINARY / BINARY.SIZE (RFC 3516): the content transfer encoding of a leaf part is undone
-  (base64, quoted-printable; 7bit/8bit/binary are identity). Any other encoding raises
+  (base64, quoted-printable as RFC 2045 §6.7 decodes it: `decode_qp`; 7bit/8bit/binary are
+  identity). Any other encoding raises
   `UnknownCte`, which the session answers with ``NO [UNKNOWN-CTE]`` (RFC 3516 §4.3). Multipart
   and message parts and ``BINARY[]`` are returned as stored. Content with a NUL octet is sent as
   a literal8 ``~{n}`` (RFC 3516 §4.2), anything else as an ordinary literal.
@@ -32,8 +33,9 @@ Rules implemented here:
   hash: a thread of one). Well-formed threads (References starting at the root) share one id.
 - PREVIEW: RFC 8970 §3, computed on demand (also for ``PREVIEW (LAZY)``).
 
-Messages may contain octets IMAP4rev1 literals do not allow (NUL): BODY[] sends the stored octets
-unchanged; clients that care use BINARY.
+No literal may carry NUL (RFC 9051 §4.3). APPEND stores parts that hold NUL base64-encoded
+(`base64_nul_parts`, RFC 3516 §4.4); a message that reached the store with NUL by another way
+(SMTP) still has BODY[] send the stored octets unchanged; clients that care use BINARY.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from postfach.mime.structure import (
     imap_body,
     imap_bodystructure,
     imap_envelope,
+    parse,
     preview,
     section_range,
 )
@@ -103,9 +106,13 @@ class FetchResponse:
 # --------------------------------------------------------------------------------------------
 
 
-def format_flags(flags: Flag, keywords: Sequence[str]) -> bytes:
-    """``(\\Seen $Forwarded)``: the flag-list of a FETCH FLAGS item (RFC 9051 §7.5.2)."""
-    return flag_list([*flags.names(), *keywords]).encode("utf-8", "surrogateescape")
+def format_flags(flags: Flag, keywords: Sequence[str], recent: bool = False) -> bytes:
+    """``(\\Seen $Forwarded)``: the flag-list of a FETCH FLAGS item (RFC 9051 §7.5.2);
+    ``recent``: with ``\\Recent`` first (IMAP4rev1 sessions only, RFC 3501 §2.3.2)."""
+    names = [*flags.names(), *keywords]
+    if recent:
+        names.insert(0, "\\Recent")
+    return flag_list(names).encode("utf-8", "surrogateescape")
 
 
 def implies_seen(items: Sequence[FetchItem]) -> bool:
@@ -199,8 +206,75 @@ def _decoded(node: Part, data: bytes, whole: bool) -> bytes:
     if encoding == "base64":
         return _b64decode(raw)
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(raw)
+        return decode_qp(raw)
     raise UnknownCte(encoding)
+
+
+_QP_LINE = re.compile(rb"([^\r\n]*)(\r\n|\n|\r|$)")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_qp(raw: bytes) -> bytes:
+    """Quoted-printable as RFC 2045 §6.7 says to decode it.
+
+    Trailing spaces and tabs of a line are transport padding and go (rule 3); a line ending in
+    ``=``, padding or not, is a soft line break (rule 5); ``=XX`` is an octet (hex digits in either
+    case, as robust decoders accept); any other ``=`` is kept as it is. `binascii.a2b_qp` keeps
+    the padding and does not see ``= `` before a line end as a soft break.
+    """
+    out: list[bytes] = []
+    for m in _QP_LINE.finditer(raw):
+        line, end = m.group(1), m.group(2)
+        if not line and not end:
+            break  # the empty match at the very end
+        line = line.rstrip(b" \t")
+        if line.endswith(b"="):
+            line, end = line[:-1], b""
+        out.append(_QP_ESCAPE.sub(lambda e: bytes([int(e.group(1), 16)]), line) + end)
+    return b"".join(out)
+
+
+_CTE_FIELD = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")
+
+
+def base64_nul_parts(data: bytes) -> bytes:
+    """``data`` with the body of every leaf part that holds a NUL octet encoded as base64.
+
+    For a message APPENDed as literal8 (RFC 3516 §4.4). No literal of IMAP4rev1 or IMAP4rev2
+    may carry NUL (RFC 9051 §4.3: CHAR8 excludes it), so BODY[] could not return such a part
+    as stored; base64 keeps it exact for BINARY[] and BINARY.SIZE (the decoded octets are the
+    ones sent) and makes BODY[] legal. Dovecot does the same. Parts without NUL, and NUL in a
+    header, are left as they are.
+    """
+    root = parse(data)
+    leaves: list[Part] = []
+
+    def walk(part: Part) -> None:
+        if part.children:
+            for child in part.children:
+                walk(child)
+        elif part.message is not None:
+            walk(part.message)
+        elif b"\x00" in data[part.body_start : part.body_end]:
+            leaves.append(part)
+
+    walk(root)
+    if not leaves:
+        return data
+    out: list[bytes] = []
+    pos = 0
+    for part in sorted(leaves, key=lambda p: p.header_start):
+        header = _CTE_FIELD.sub(b"", data[part.header_start : part.header_end])
+        cut = len(header) - 2 if header.endswith(b"\r\n\r\n") else 0 if header == b"\r\n" else None
+        if cut is None:  # a header not ended by CRLF CRLF: leave this part alone
+            continue
+        body = binascii.b2a_base64(data[part.body_start : part.body_end], newline=False)
+        lines = b"\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
+        out += [data[pos : part.header_start], header[:cut],
+                b"Content-Transfer-Encoding: base64\r\n", header[cut:], lines]  # fmt: skip
+        pos = part.body_end
+    out.append(data[pos:])
+    return b"".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,6 +348,7 @@ def fetch_response(
     readonly: bool = False,
     imap4rev2: bool = False,
     utf8: bool = False,
+    recent: bool = False,
 ) -> FetchResponse:
     """Build ``* seq FETCH (...)`` for one message.
 
@@ -285,6 +360,7 @@ def fetch_response(
     (RFC 7162 §3.1). ``readonly``: EXAMINE, \\Seen is never implied. ``imap4rev2``: the client
     enabled IMAP4rev2 (message/global in BODYSTRUCTURE, RFC 9051 §7.5.2); ``utf8``: IMAP4rev2 or
     UTF8=ACCEPT is in effect, so PREVIEW text may be a UTF-8 quoted string (RFC 9051 §4.3).
+    ``recent``: the message is \\Recent in this (IMAP4rev1) session; FLAGS shows it.
 
     If the items imply \\Seen and ``meta`` lacks it (and not ``readonly``), the result has
     ``set_seen=True`` and the FLAGS shown already include \\Seen: the session must store it. Its
@@ -331,7 +407,7 @@ def fetch_response(
             out.add(b" ")
         first = False
         if isinstance(item, FetchAttr):
-            _attr(out, item, meta, flags, get_parsed, get_data, imap4rev2, utf8)
+            _attr(out, item, meta, flags, get_parsed, get_data, imap4rev2, utf8, recent)
         elif isinstance(item, FetchSection):
             _section(out, item, get_parsed, get_data)
         else:
@@ -348,12 +424,13 @@ def _attr(
     get_data: Callable[[], bytes],
     imap4rev2: bool,
     utf8: bool,
+    recent: bool = False,
 ) -> None:
     name = item.name
     if name == "UID":
         out.add(b"UID %d" % meta.uid)
     elif name == "FLAGS":
-        out.add(b"FLAGS " + format_flags(flags, meta.keywords))
+        out.add(b"FLAGS " + format_flags(flags, meta.keywords, recent))
     elif name == "INTERNALDATE":
         out.add(b"INTERNALDATE " + format_date_time(meta.internal_date).encode())
     elif name == "RFC822.SIZE":

@@ -86,6 +86,7 @@ from postfach.imap.commands import (
     Status,
     Store,
     Subscribe,
+    UndecodableName,
     Unselect,
     Unsubscribe,
 )
@@ -365,8 +366,10 @@ class _Cursor:
             return self.decode(raw, what)
         try:
             return decode_mutf7(raw.decode("ascii"))
-        except ValueError as e:  # UnicodeDecodeError included
-            self.fail(f"{what} is not valid modified UTF-7 ({e})")
+        except UnicodeDecodeError:
+            self.fail(f"{what} is not valid modified UTF-7 (8-bit octets)")
+        except ValueError:  # printable ASCII, just not a valid name: the session says NO
+            return UndecodableName(raw.decode("ascii"))
 
     def expect_mailbox(self, what: str = "a mailbox name") -> str:
         """mailbox = "INBOX" / astring (RFC 9051 §9); INBOX is case-insensitive."""

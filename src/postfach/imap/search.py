@@ -26,8 +26,9 @@ Rules, with the RFC they come from:
   at most n seconds before it (so OLDER n is exactly NOT YOUNGER n).
 - MODSEQ n matches messages whose MODSEQ is at least n (RFC 7162 §3.1.5); the entry name and
   type, if the parser kept them, are ignored (flags are not tracked separately).
-- RECENT and NEW never match and OLD matches everything: no message is \\Recent (IMAP4rev2 has no
-  \\Recent, RFC 9051 §2.3.2, and IMAP4rev1 clients of this server never see one).
+- RECENT, NEW (RECENT UNSEEN) and OLD (NOT RECENT) use ``SearchContext.recent``, the messages
+  that are \\Recent in the session (RFC 3501 §2.3.2, §6.4.4). IMAP4rev2 has no \\Recent (RFC 9051
+  §2.3.2): there it is empty, so RECENT and NEW match nothing and OLD everything.
 - KEYWORD / UNKEYWORD compare flag names case-insensitively (RFC 9051 §2.3.2); a system flag
   name given there tests that flag.
 - A bare sequence set (``SEQSET``) is sequence numbers, ``UID`` is UIDs, ``*`` the largest number
@@ -81,7 +82,8 @@ class SearchContext:
     """What a search needs besides the messages.
 
     ``now``: Unix seconds (OLDER/YOUNGER). ``max_seq`` / ``max_uid``: the values of ``*``.
-    ``saved``: the ``$`` result, as UIDs (RFC 5182). ``parsed`` / ``data``: load a message's
+    ``saved``: the ``$`` result, as UIDs (RFC 5182). ``recent``: the UIDs that are \\Recent in
+    this session (RFC 3501 §2.3.2; empty for IMAP4rev2). ``parsed`` / ``data``: load a message's
     stored structure / octets; only called for keys that need them (ENVELOPE keys, HEADER, BODY,
     TEXT, SENT*, THREADID). ``text_index(key, string)``: the store's full-text index for "BODY"
     or "TEXT"; returns the UIDs (in the selected mailbox) that match, or None when it cannot
@@ -92,6 +94,7 @@ class SearchContext:
     max_seq: int
     max_uid: int
     saved: Collection[int] = ()
+    recent: Collection[int] = frozenset()
     parsed: Callable[[MessageMeta], Parsed] | None = None
     data: Callable[[MessageMeta], bytes] | None = None
     text_index: Callable[[str, str], set[int] | None] | None = None
@@ -280,10 +283,15 @@ def compile_key(key: SearchKey, ctx: SearchContext) -> Predicate:
     if name == "NOT":
         inner = compile_key(key.keys[0], ctx)
         return lambda m, s: not inner(m, s)
-    if name in ("ALL", "OLD", "SAVEDATESUPPORTED"):
+    if name in ("ALL", "SAVEDATESUPPORTED"):
         return lambda m, s: True
-    if name in ("NEW", "RECENT"):
-        return lambda m, s: False
+    recent = ctx.recent
+    if name == "RECENT":  # RFC 3501 §6.4.4
+        return lambda m, s: m.uid in recent
+    if name == "OLD":
+        return lambda m, s: m.uid not in recent
+    if name == "NEW":  # RECENT UNSEEN
+        return lambda m, s: m.uid in recent and not m.flags & Flag.SEEN
     if name in _FLAG_KEYS:
         bit, want = _FLAG_KEYS[name]
         return lambda m, s: bool(m.flags & bit) == want

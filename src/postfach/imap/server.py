@@ -161,7 +161,8 @@ class _Connection(asyncio.Protocol):
             raise ConnectionResetError("connection closed during TLS handshake")
         self._transport = new_transport
         self._reading_paused = False
-        self._inbuf.clear()
+        # Keep _inbuf: it can already hold the client's first command sent over TLS together
+        # with the end of the handshake (only plaintext from before the upgrade is dropped).
         log.info(
             "conn=%s event=starttls version=%s cipher=%s",
             self.conn_id,

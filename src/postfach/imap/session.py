@@ -21,6 +21,9 @@ Rules worth knowing (read before changing anything here):
 * **IDLE** (RFC 9051 §6.3.13): changes arriving while idling are written from the event loop
   right away (`_idle_flush`, scheduled with ``call_soon`` so one commit's changes go out
   together).
+* **\\Recent** (RFC 3501 §2.3.2) exists for IMAP4rev1 sessions only (RFC 9051 dropped it): the
+  first session to learn of a message claims it (`postfach.imap.view.RecentClaims`, one per
+  server in `ImapBackend`); EXAMINE and IMAP4rev2 sessions claim nothing.
 * **Isolation**: every store call uses this session's account id; mailboxes are looked up by
   (account id, name), and a mailbox id is only ever one the lookup returned. No command of one
   account can reach another account's mail.
@@ -48,6 +51,7 @@ from postfach.errors import AlreadyExists, NotFound, OverQuota, StoreError
 from postfach.imap import commands as c
 from postfach.imap.fetch import (
     UnknownCte,
+    base64_nul_parts,
     fetch_response,
     format_flags,
     implies_seen,
@@ -80,7 +84,7 @@ from postfach.imap.sequence import (
     resolve,
     sequence_numbers_valid,
 )
-from postfach.imap.view import View
+from postfach.imap.view import RecentClaims, View
 from postfach.imap.wire import (
     NEED_DATA,
     IdleLine,
@@ -183,11 +187,14 @@ class ImapBackend:
 
     ``authenticate(user, password, remote_ip)`` returns the account name or None and applies
     the failed-login delay itself (`postfach.auth.passwords.Authenticator.authenticate`).
+    ``recent``: which messages are \\Recent, shared by every session of the server (one
+    backend per server).
     """
 
     store: SqliteMailstore
     hub: Hub
     authenticate: Authenticate
+    recent: RecentClaims = field(default_factory=RecentClaims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,7 +653,8 @@ class ImapSession:
         if result.pending:
             return
         self._errors = 0
-        self._flush_updates(expunge=_expunge_allowed(cmd))
+        if self._state is not State.LOGOUT:  # nothing after the BYE but the tagged OK
+            self._flush_updates(expunge=_expunge_allowed(cmd))
         self._tagged(cmd.tag, "OK", result.code, result.text)
 
     def _log_command(self, cmd: c.Command) -> None:
@@ -673,6 +681,8 @@ class ImapSession:
     @staticmethod
     def _normalise(name: str) -> str:
         """RFC 9051 §5.1: NFC, and INBOX (and its prefix) in any case means INBOX."""
+        if isinstance(name, c.UndecodableName):
+            return name
         name = unicodedata.normalize("NFC", name)
         if name.upper() == INBOX:
             return INBOX
@@ -683,6 +693,8 @@ class ImapSession:
     @staticmethod
     def _name_problem(name: str) -> str | None:
         """Why ``name`` cannot be a mailbox name here, or None (RFC 9051 §5.1)."""
+        if isinstance(name, c.UndecodableName):
+            return "mailbox name is not valid modified UTF-7"
         if not name:
             return "empty mailbox name"
         if len(name) > MAX_NAME:
@@ -927,11 +939,26 @@ class ImapSession:
         self._untagged(" ".join(["ENABLED", *newly]))
         return _Ok("ENABLE completed")
 
+    def _condstore_enabling(self) -> None:
+        """RFC 7162 §3.1: a CONDSTORE-enabling command (FETCH MODSEQ, CHANGEDSINCE, STORE
+        UNCHANGEDSINCE, SEARCH MODSEQ, STATUS HIGHESTMODSEQ). Issued while a mailbox is selected,
+        it is answered with an untagged ``OK [HIGHESTMODSEQ n]`` the first time."""
+        if self._condstore:
+            return
+        self._enabled.add("CONDSTORE")
+        self._sync_view()
+        sel = self._selected
+        if sel is not None:
+            hms = sel.view.highestmodseq
+            self._out.write(untagged_status("OK", f"HIGHESTMODSEQ {hms}", "highest"))
+
     def _sync_view(self) -> None:
-        """CONDSTORE/QRESYNC enabled while a mailbox is selected: the view reports MODSEQ."""
+        """CONDSTORE/QRESYNC (MODSEQ) or IMAP4rev2 (no \\Recent) enabled while selected."""
         if self._selected is not None:
             self._selected.view.condstore = self._condstore
             self._selected.view.qresync = self._qresync
+            if self._rev2:  # RFC 9051 §2.3.2: no \Recent in IMAP4rev2
+                self._selected.view.drop_recent()
 
     async def _cmd_namespace(self, cmd: c.Namespace) -> _Ok:
         """RFC 2342 / RFC 9051 §6.3.10: one personal namespace, no others."""
@@ -940,7 +967,7 @@ class ImapSession:
 
     async def _cmd_create(self, cmd: c.Create) -> _Ok:
         """RFC 9051 §6.3.4, RFC 6154 §3 (CREATE-SPECIAL-USE), RFC 8474 §4 (MAILBOXID)."""
-        name = self._new_name(cmd.mailbox.rstrip(DELIMITER) or cmd.mailbox)
+        name = self._new_name(_without_trailing_delimiter(cmd.mailbox))
         special: str | None = None
         for use in cmd.special_use:
             canonical = _SPECIAL_USE_BY_LOWER.get(use.lower())
@@ -977,12 +1004,13 @@ class ImapSession:
             raise ImapNo("NONEXISTENT", "no such mailbox") from None
         except StoreError as exc:
             raise ImapNo("CANNOT", str(exc)) from None
+        self._backend.recent.forget((mbox.id, mbox.uidvalidity))
         return _Ok("DELETE completed")
 
     async def _cmd_rename(self, cmd: c.Rename) -> _Ok:
         """RFC 9051 §6.3.6: inferior names move too; renaming INBOX moves its messages."""
         old = self._normalise(cmd.old)
-        new = self._new_name(cmd.new.rstrip(DELIMITER) or cmd.new)
+        new = self._new_name(_without_trailing_delimiter(cmd.new))
         src = self._mailbox(old)
         if new == INBOX or new == src.name:
             raise ImapNo("ALREADYEXISTS", "mailbox exists already")
@@ -1026,8 +1054,11 @@ class ImapSession:
     def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
         """RFC 9051 §6.3.9: reference + pattern; ``*`` any levels, ``%`` within one level.
 
-        INBOX is case-insensitive, so a pattern starting with it (any case) matches INBOX.
+        INBOX is case-insensitive, so a pattern starting with it (any case) matches INBOX. A
+        reference or pattern that is not valid modified UTF-7 matches nothing.
         """
+        if isinstance(reference, c.UndecodableName) or isinstance(pattern, c.UndecodableName):
+            return _NOTHING
         full = unicodedata.normalize("NFC", reference + pattern)
         if full[:5].upper() == INBOX and (len(full) == 5 or full[5] == DELIMITER):
             full = INBOX + full[5:]
@@ -1081,7 +1112,11 @@ class ImapSession:
             candidates = {n for n in all_names if matches(n)}
         childinfo: set[str] = set()
         if "RECURSIVEMATCH" in selection and "SUBSCRIBED" in selection:
+            # RFC 5258 §4 (CHILDINFO): a name that matches a pattern, with a subscribed inferior
+            # that matches none (an inferior that matches is listed itself; imaptest listext).
             for name in subscribed:
+                if matches(name):
+                    continue
                 for parent in parents(name):
                     if matches(parent):
                         childinfo.add(parent)
@@ -1164,8 +1199,8 @@ class ImapSession:
             elif item == "SIZE":  # RFC 8438
                 assert counts is not None
                 values.append(f"SIZE {counts.size}")
-            elif item == "RECENT":  # RFC 3501; \\Recent is not implemented: always 0
-                values.append("RECENT 0")
+            elif item == "RECENT":  # RFC 3501 §6.3.10
+                values.append(f"RECENT {self._recent_count(mbox)}")
             elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.6
                 values.append(f"HIGHESTMODSEQ {mbox.highestmodseq}")
             elif item == "APPENDLIMIT":  # RFC 7889 §4
@@ -1174,13 +1209,21 @@ class ImapSession:
                 values.append(f"MAILBOXID ({self._mailbox_id(mbox)})")
         return b"STATUS " + self._name_out(mbox.name) + f" ({' '.join(values)})".encode()
 
+    def _recent_count(self, mbox: Mailbox) -> int:
+        """Messages no session has claimed as \\Recent yet (RFC 3501 §2.3.2, `RecentClaims`)."""
+        claimed = self._backend.recent.claimed((mbox.id, mbox.uidvalidity))
+        if claimed >= mbox.uidnext - 1:
+            return 0
+        if claimed == 0:
+            return mbox.messages
+        return sum(1 for m in self._store.list_messages(mbox.id) if m.uid > claimed)
+
     async def _cmd_status(self, cmd: c.Status) -> _Ok:
         """RFC 9051 §6.3.11 (+ SIZE RFC 8438, HIGHESTMODSEQ RFC 7162, MAILBOXID RFC 8474)."""
         self._check_status_items(cmd.items)
         mbox = self._mailbox(cmd.mailbox)
         if any(i.upper() == "HIGHESTMODSEQ" for i in cmd.items):
-            self._enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE-enabling command
-            self._sync_view()
+            self._condstore_enabling()
         self._untagged(self._status_response(mbox, cmd.items))
         return _Ok("STATUS completed")
 
@@ -1202,9 +1245,12 @@ class ImapSession:
                 raise ImapBad(None, "invalid date-time") from None
         else:
             date = int(time.time())
-        size = len(msg.data)
-        structure = await self._offload(size, parse_for_storage, msg.data)
-        blob = await self._offload(size, self._store.stage, msg.data, structure)
+        data = msg.data
+        size = len(data)
+        if msg.binary and b"\x00" in data:  # RFC 3516 §4.4: see `base64_nul_parts`
+            data = await self._offload(size, base64_nul_parts, data)
+        structure = await self._offload(size, parse_for_storage, data)
+        blob = await self._offload(size, self._store.stage, data, structure)
         return AppendItem(blob, flags, keywords, date)
 
     async def _append(self, mbox: Mailbox, messages: Sequence[c.AppendMessage]) -> list[int]:
@@ -1232,7 +1278,8 @@ class ImapSession:
 
     async def _cmd_append(self, cmd: c.Append) -> _Ok:
         """RFC 9051 §6.3.12, MULTIAPPEND (RFC 3502), APPENDUID (RFC 4315 §3), BINARY literal8
-        (RFC 3516 §4.4). The octets are stored exactly as sent."""
+        (RFC 3516 §4.4). The octets are stored exactly as sent, except that parts holding NUL
+        (only possible in a literal8) are stored base64-encoded (`base64_nul_parts`)."""
         mbox = self._mailbox(cmd.mailbox, trycreate=True)
         uids = await self._append(mbox, cmd.messages)
         log.info(
@@ -1321,6 +1368,9 @@ class ImapSession:
         sel = self._selected
         if sel is None:
             return
+        # RFC 9051 §7.3.5: a keyword new to the mailbox (set by another session, or on a new
+        # message) is announced in FLAGS before a FETCH shows it.
+        self._announce_keywords(sel, sel.view.pending_keywords())
         for line in sel.view.pending_updates(expunge):
             self._out.write(line)
 
@@ -1363,6 +1413,7 @@ class ImapSession:
             self._enabled.add("CONDSTORE")
         mbox = self._mailbox(cmd.mailbox)
         messages = self._store.list_messages(mbox.id)
+        recent, claim = self._recent_at_select(mbox, messages, cmd.readonly)
         view = View(
             mbox.id,
             mbox.uidvalidity,
@@ -1370,6 +1421,8 @@ class ImapSession:
             mbox.highestmodseq,
             condstore=self._condstore,
             qresync=self._qresync,
+            recent=recent,
+            claim=claim,
         )
         keywords = sorted({k for m in messages for k in m.keywords} - set(STANDARD_KEYWORDS))
         flags = " ".join([*SYSTEM_FLAGS, *STANDARD_KEYWORDS, *keywords])
@@ -1406,6 +1459,24 @@ class ImapSession:
         code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
         return _Ok("EXAMINE completed" if cmd.readonly else "SELECT completed", code)
 
+    def _recent_at_select(
+        self, mbox: Mailbox, messages: Sequence[MessageMeta], readonly: bool
+    ) -> tuple[list[int], Callable[[int], bool] | None]:
+        """The messages \\Recent in this session at SELECT, and how the view decides for new
+        ones (RFC 3501 §2.3.2). SELECT claims them; EXAMINE shows what is unclaimed and claims
+        nothing (§6.3.2). IMAP4rev2 has no \\Recent (RFC 9051 §2.3.2): nothing, no claims."""
+        if self._rev2:
+            return [], None
+        claims = self._backend.recent
+        key = (mbox.id, mbox.uidvalidity)
+        claimed = claims.claimed(key)
+        recent = [m.uid for m in messages if m.uid > claimed]
+        if readonly:
+            return recent, lambda uid: uid > claims.claimed(key)
+        if recent:
+            claims.claim(key, max(recent))
+        return recent, lambda uid: claims.claim(key, uid)
+
     def _qresync_select(self, params: c.QresyncParams, view: View, mbox: Mailbox) -> None:
         """RFC 7162 §3.2.5.1: what changed since the client's MODSEQ, as VANISHED (EARLIER)
         and FETCH responses."""
@@ -1419,9 +1490,10 @@ class ImapSession:
             seq = view.seq_of(meta.uid)
             if seq is None:
                 continue
+            flags = format_flags(meta.flags, meta.keywords, meta.uid in view.recent_uids)
             self._out.write(
                 b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
-                % (seq, meta.uid, format_flags(meta.flags, meta.keywords), meta.modseq)
+                % (seq, meta.uid, flags, meta.modseq)
             )
 
     async def _cmd_close(self, cmd: c.Close) -> _Ok:
@@ -1516,8 +1588,7 @@ class ImapSession:
         items = cmd.items
         names = {i.name for i in items if isinstance(i, c.FetchAttr)}
         if cmd.changedsince is not None or "MODSEQ" in names:
-            self._enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE-enabling command
-            self._sync_view()
+            self._condstore_enabling()
             if "MODSEQ" not in names:
                 items = (*items, c.FetchAttr("MODSEQ"))
         uids = view.uids_for(cmd.sequence, cmd.uid)
@@ -1594,6 +1665,7 @@ class ImapSession:
                 flags_changed=flags_changed,
                 readonly=sel.readonly,
                 imap4rev2=self._rev2,
+                recent=meta.uid in sel.view.recent_uids,
             )
         except (NotFound, FileNotFoundError):
             return False
@@ -1611,8 +1683,7 @@ class ImapSession:
         view = sel.view
         self._check_sequence(sel, cmd.sequence, cmd.uid)
         if cmd.unchangedsince is not None:
-            self._enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE-enabling command
-            self._sync_view()
+            self._condstore_enabling()
         flags, keywords = self._parse_flags(cmd.flags)
         uids = view.uids_for(cmd.sequence, cmd.uid)
         live = [u for u in uids if not view.is_expunged(u)]
@@ -1725,8 +1796,7 @@ class ImapSession:
                 raise ImapNo("BADCHARSET (US-ASCII UTF-8)", "unsupported charset")
             with_modseq = uses_modseq(cmd.criteria)
             if with_modseq:
-                self._enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE-enabling command
-                self._sync_view()
+                self._condstore_enabling()
             found = await self._search(sel, cmd.criteria)
         except BaseException:
             if save:  # RFC 5182 §2.1: a failed SAVE leaves $ empty
@@ -1764,8 +1834,10 @@ class ImapSession:
             max_seq=view.exists,
             max_uid=view.max_uid,
             saved=list(view.saved),
+            recent=frozenset(view.recent_uids),
             parsed=lambda m: self._structure(m, lambda: data(m)),
             data=data,
+            text_index=lambda key, needle: store.search_text_uids(view.mailbox_id, key, needle),
         )
         try:
             if len(messages) > _SEARCH_ON_LOOP_MAX:
@@ -1781,6 +1853,16 @@ class _FlagState:
     flags: Flag
     keywords: tuple[str, ...]
     modseq: int
+
+
+_NOTHING: Final = re.compile(r"(?!)")  # a pattern that matches no name
+
+
+def _without_trailing_delimiter(name: str) -> str:
+    """A CREATE/RENAME name without its trailing ``/`` (RFC 9051 §6.3.4)."""
+    if isinstance(name, c.UndecodableName):
+        return name
+    return name.rstrip(DELIMITER) or name
 
 
 def _command_name(cmd: c.Command) -> str:

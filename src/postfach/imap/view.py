@@ -28,7 +28,13 @@ Rules, with the RFC they come from:
   CONDSTORE a ``FETCH (UID u MODSEQ (m))`` still is (RFC 7162 §3.1.3: the client must learn the
   new mod-sequence). A change by someone else is reported even during a .SILENT STORE
   (RFC 9051 §6.4.6).
-- \\Recent does not exist in IMAP4rev2 (RFC 9051 §2.3.2); `recent` is always 0.
+- \\Recent (RFC 3501 §2.3.2) exists for IMAP4rev1 sessions only (RFC 9051 §2.3.2 dropped it):
+  a message is recent in exactly one session, the first to learn of it. `RecentClaims`, shared
+  by every session of a server, keeps per mailbox the highest UID some session has claimed; the
+  view holds the UIDs recent in its own session (`recent_uids`, given at SELECT) and claims new
+  messages as it learns of them through ``claim`` (None for IMAP4rev2: no \\Recent, no RECENT).
+  With ``claim`` set, each EXISTS is followed by ``* n RECENT`` (RFC 3501 §7.3.2) and FETCH FLAGS
+  shows \\Recent.
 - ``$``, the saved search result (RFC 5182 §2.1), lives here as UIDs (``saved``); expunged
   messages are removed from it when their expunge is reported.
 - `highestmodseq` never claims more than the client has been told: while an expunge or a flag
@@ -50,7 +56,7 @@ O(r log n + result).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
 from postfach.imap.commands import SequenceSet
@@ -65,7 +71,7 @@ from postfach.store.api import (
     MessagesExpunged,
 )
 
-__all__ = ["FlagState", "View"]
+__all__ = ["FlagState", "RecentClaims", "View"]
 
 # (flags, keywords, modseq) of one message.
 _State = tuple[Flag, tuple[str, ...], int]
@@ -107,6 +113,37 @@ def _apply_store(
     return flags & ~bits, tuple(v for k, v in current.items() if k not in words)
 
 
+class RecentClaims:
+    """Which messages some session has already been told of as \\Recent (RFC 3501 §2.3.2).
+
+    Per mailbox (id and UIDVALIDITY), the highest UID claimed: UIDs only grow (RFC 9051
+    §2.3.1.1), so every message above it is recent for the next session to learn of it. Kept in
+    memory for the server's lifetime: after a restart every message is recent again for the
+    first session that selects its mailbox, which RFC 3501 §2.3.2 prescribes when it "is not
+    possible to determine" (a SHOULD). EXAMINE never claims (RFC 3501 §6.3.2).
+    """
+
+    __slots__ = ("_claimed",)
+
+    def __init__(self) -> None:
+        self._claimed: dict[tuple[int, int], int] = {}
+
+    def claimed(self, mailbox: tuple[int, int]) -> int:
+        """The highest UID claimed in ``mailbox`` (id, UIDVALIDITY); 0 when none."""
+        return self._claimed.get(mailbox, 0)
+
+    def forget(self, mailbox: tuple[int, int]) -> None:
+        """The mailbox was deleted: a later one with the same id and UIDVALIDITY starts afresh."""
+        self._claimed.pop(mailbox, None)
+
+    def claim(self, mailbox: tuple[int, int], uid: int) -> bool:
+        """Claim ``uid`` and every UID below it; True when ``uid`` was not claimed before."""
+        if uid <= self._claimed.get(mailbox, 0):
+            return False
+        self._claimed[mailbox] = uid
+        return True
+
+
 class FlagState(Protocol):
     """Anything carrying a message's complete flag state: `MessageMeta`, `FlagsChanged`, ..."""
 
@@ -132,13 +169,21 @@ class View:
         *,
         condstore: bool = False,
         qresync: bool = False,
+        recent: Iterable[int] = (),
+        claim: Callable[[int], bool] | None = None,
     ) -> None:
-        """``messages``: the mailbox as listed at SELECT (any order; sorted by UID here)."""
+        """``messages``: the mailbox as listed at SELECT (any order; sorted by UID here).
+
+        ``recent``: the UIDs recent in this session at SELECT; ``claim(uid)``: whether a new
+        message is recent in this session (None: IMAP4rev2, no \\Recent at all).
+        """
         self.mailbox_id = mailbox_id
         self.uidvalidity = uidvalidity
         self.condstore = condstore or qresync  # QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)
         self.qresync = qresync
         self.saved: list[int] = []  # RFC 5182 "$", as UIDs
+        self.recent_uids: set[int] = set(recent)  # \\Recent in this session (RFC 3501)
+        self._claim = claim
         state: dict[int, _State] = {}
         for m in messages:
             state[m.uid] = (m.flags, tuple(m.keywords), m.modseq)
@@ -185,6 +230,8 @@ class View:
             self._on_flags(c.uid, new)
         elif c.uid > self._max_uid:  # RFC 9051 §2.3.1.1: UIDs only grow
             self._max_uid = c.uid
+            if self._claim is not None and self._claim(c.uid):
+                self.recent_uids.add(c.uid)
             self._added[c.uid] = None
             self._state[c.uid] = new
             self._modseq = max(self._modseq, c.modseq)
@@ -198,6 +245,7 @@ class View:
             if uid in self._added:  # never announced: the client need not hear of it
                 del self._added[uid]
                 del self._state[uid]
+                self.recent_uids.discard(uid)
                 continue
             self._expunged[uid] = c.modseq
             self._told.pop(uid, None)
@@ -261,7 +309,23 @@ class View:
                 self._told[s.uid] = new  # if the store moved on since, that still gets reported
                 self._force.pop(s.uid, None)
 
+    def drop_recent(self) -> None:
+        """IMAP4rev2 was enabled while selected: no \\Recent and no RECENT from now on."""
+        self._claim = None
+        self.recent_uids.clear()
+
     # ---- reporting ----------------------------------------------------------------------------
+
+    def pending_keywords(self) -> set[str]:
+        """The keywords of the messages the next `pending_updates` reports (changed or new), so
+        the session can announce keywords new to the mailbox in FLAGS first (RFC 9051 §7.3.5)."""
+        self._fold()
+        out: set[str] = set()
+        for uid in (*self._told, *self._force, *self._added):
+            state = self._state.get(uid)
+            if state is not None:
+                out.update(state[1])
+        return out
 
     def pending_updates(self, allow_expunge: bool) -> list[bytes]:
         """The untagged responses to send now, in order: FETCH, EXPUNGE/VANISHED, EXISTS.
@@ -279,6 +343,8 @@ class View:
             self._uids.extend(sorted(self._added))
             self._added.clear()
             out.append(b"* %d EXISTS\r\n" % len(self._uids))
+            if self._claim is not None:  # RFC 3501 §7.3.2
+                out.append(b"* %d RECENT\r\n" % len(self.recent_uids))
         return out
 
     def _flag_updates(self) -> list[bytes]:
@@ -293,7 +359,8 @@ class View:
             flags_differ = not _same_flags(state, told)
             seq = self._seq_index(uid) + 1
             if flags_differ or force:
-                line = b"* %d FETCH (UID %d FLAGS %s" % (seq, uid, format_flags(state[0], state[1]))
+                flags = format_flags(state[0], state[1], uid in self.recent_uids)
+                line = b"* %d FETCH (UID %d FLAGS %s" % (seq, uid, flags)
                 if self.condstore:
                     line += b" MODSEQ (%d)" % state[2]
                 out.append(line + b")\r\n")
@@ -321,6 +388,7 @@ class View:
             self._uids = [u for u in uids if u not in drop]
         for u in gone:
             del self._state[u]
+            self.recent_uids.discard(u)
         if self.saved:  # RFC 5182 §2.1: expunged messages leave the saved result
             drop_saved = set(gone)
             self.saved = [u for u in self.saved if u not in drop_saved]
@@ -335,8 +403,8 @@ class View:
 
     @property
     def recent(self) -> int:
-        """Always 0: IMAP4rev2 has no \\Recent (RFC 9051 §2.3.2); IMAP4rev1 clients see none."""
-        return 0
+        """How many messages are \\Recent in this session (RFC 3501 §7.3.2; 0 for IMAP4rev2)."""
+        return len(self.recent_uids)
 
     @property
     def highestmodseq(self) -> int:

@@ -153,6 +153,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         docid INTEGER NOT NULL UNIQUE
     ) WITHOUT ROWID;
     """,
+    # 4: UIDVALIDITY must never repeat for a mailbox name (RFC 9051 §2.3.1.1), even when the
+    # mailbox holding the highest value is deleted and recreated within the same second: the
+    # last value issued is kept here, not derived from the mailboxes that still exist.
+    """
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counters(name, value)
+        SELECT 'uidvalidity', coalesce(max(uidvalidity), 0) FROM mailboxes;
+    """,
 )
 
 
@@ -345,8 +353,21 @@ class SqliteMailstore:
                     stop = True
                     break
                 ops.append(nxt)
-            self._run_batch(conn, ops)
+            # A caller that gave up before its op started (its client hung up) gets nothing
+            # run; once running, a future can no longer be cancelled, so every result below
+            # lands (RFC 5321 §6.1 accepts the rare duplicate of a lost "250" over a loss).
+            ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
+            if ops:
+                self._run_batch(conn, ops)
         conn.close()
+        # Ops queued behind the stop marker are failed, not left waiting forever.
+        while True:
+            try:
+                left = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if left is not None and left.future.set_running_or_notify_cancel():
+                left.future.set_exception(StoreError("store is closed"))
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         batch = _Batch()
@@ -585,8 +606,13 @@ class SqliteMailstore:
 
     @staticmethod
     def _new_uidvalidity(conn: sqlite3.Connection) -> int:
-        (top,) = conn.execute("SELECT coalesce(max(uidvalidity), 0) FROM mailboxes").fetchone()
-        return max(int(time.time()), int(top) + 1) & 0xFFFFFFFF
+        """A value never issued before in this store (unique across all mailboxes)."""
+        (last,) = conn.execute("SELECT value FROM counters WHERE name='uidvalidity'").fetchone()
+        value = max(int(time.time()), int(last) + 1)
+        if value > 0xFFFFFFFF:  # nz-number (RFC 9051 §9): 32 bits
+            raise StoreError("UIDVALIDITY space exhausted")
+        conn.execute("UPDATE counters SET value=? WHERE name='uidvalidity'", (value,))
+        return value
 
     def _create_mailbox(
         self, conn: sqlite3.Connection, account_id: int, name: str, special: str | None

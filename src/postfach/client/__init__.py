@@ -1,0 +1,1 @@
+"""The client side: ``postfach fetch`` (POP3 download) and ``postfach sync`` (IMAP <-> Maildir)."""

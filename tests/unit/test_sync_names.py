@@ -1,0 +1,87 @@
+"""Maildir names, flags and idents for postfach sync (postfach.client.sync.names)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from postfach.client.sync.names import (
+    crlf_size,
+    dir_for_folder,
+    flags_from_imap,
+    flags_of,
+    folder_for_dir,
+    ident,
+    imap_flag_list,
+    message_id,
+    split_filename,
+    to_crlf,
+    to_lf,
+    with_flags,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "directory"),
+    [("Sent", ".Sent"), ("Work/2024", ".Work.2024"), ("v1.2", ".v1%2E2"), ("100%", ".100%25"),
+     ("Entwürfe", ".Entwürfe"), ("INBOX/Sub", ".INBOX.Sub")],
+)  # fmt: skip
+def test_folder_directories(name: str, directory: str) -> None:
+    assert dir_for_folder(name) == directory
+    assert folder_for_dir(directory) == name
+
+
+def test_inbox_and_non_folders() -> None:
+    assert dir_for_folder("INBOX") == ""
+    for d in ("cur", ".", "..", ".a..b", ".inbox", ". "[:1]):
+        assert folder_for_dir(d) is None
+    with pytest.raises(ValueError):
+        dir_for_folder("a//b")
+
+
+level = st.text(st.characters(blacklist_characters="/", blacklist_categories=["Cs"]), min_size=1)
+
+
+@given(st.lists(level, min_size=1, max_size=3).map("/".join))
+def test_folder_names_round_trip(name: str) -> None:
+    if name.upper() == "INBOX":
+        return
+    d = dir_for_folder(name)
+    assert "/" not in d and d.startswith(".")
+    assert folder_for_dir(d) == name
+
+
+def test_file_names_and_flags() -> None:
+    assert split_filename("123.M1P2.host:2,FRS") == ("123.M1P2.host", "FRS")
+    assert split_filename("123.M1P2.host") == ("123.M1P2.host", "")
+    assert split_filename("123.host:1,experimental") == ("123.host", "")
+    assert flags_of("PRSabc") == frozenset("RS")
+    # Other letters (passed, Dovecot keywords) stay; the synced ones are replaced; ASCII order.
+    assert with_flags("u", "PSa", frozenset("TF")) == "u:2,FPTa"
+    assert with_flags("u", "", frozenset()) == "u:2,"
+
+
+def test_imap_flags() -> None:
+    assert flags_from_imap(["\\Seen", "\\ANSWERED", "$Forwarded", "\\Recent", b"x"]) == frozenset(
+        "RS"
+    )
+    assert imap_flag_list(frozenset("TDS")) == b"(\\Draft \\Seen \\Deleted)"
+    assert imap_flag_list(frozenset()) == b"()"
+
+
+@given(st.binary(max_size=200).map(lambda b: b.replace(b"\r", b"")))
+def test_line_ends(lf_text: bytes) -> None:
+    wire = to_crlf(lf_text)
+    assert crlf_size(lf_text) == len(wire)
+    assert to_lf(wire) == lf_text
+    assert to_crlf(wire) == wire
+
+
+def test_ident_is_the_same_on_both_sides() -> None:
+    wire = b"From: a\r\nMessage-ID:\r\n  <x@y>\r\nSubject: s\r\n\r\nbody\r\nMessage-ID: <no>\r\n"
+    local = to_lf(wire)
+    fetched = b"Message-ID:\r\n  <x@y>\r\n\r\n"  # what HEADER.FIELDS (MESSAGE-ID) returns
+    assert message_id(wire) == message_id(local) == message_id(fetched) == "<x@y>"
+    assert ident(len(wire), message_id(fetched)) == ident(crlf_size(local), message_id(local))
+    assert message_id(b"Subject: x\r\n\r\nMessage-ID: <body>\r\n") == ""
