@@ -29,6 +29,7 @@ from postfach.config import Config, ConfigError, default_data_dir, load_config
 from postfach.errors import StoreError
 from postfach.quota import format_size, parse_size
 from postfach.store.sqlite import SqliteMailstore
+from postfach.tls import fingerprint
 
 console = Console()
 
@@ -136,6 +137,7 @@ async def _serve(cfg: Config, first_run: bool) -> None:
     out = Console(stderr=False)
     out.print(f"postfach {__version__} serving mail for [bold]{cfg.hostname}[/bold]")
     out.print(f"data directory: {cfg.data_dir}")
+    out.print(f"certificate: {cfg.cert_path} (SHA256 {fingerprint(cfg.cert_path)})")
     for name, (host, port) in app.addresses.items():
         shown = f"[{host}]" if ":" in host else host
         out.print(f"  {name:<12} {shown}:{port}")

@@ -61,6 +61,7 @@ from postfach.mime.structure import (
     preview,
     section_range,
 )
+from postfach.mime.text import decode_qp
 from postfach.store.api import Flag, MessageMeta
 
 __all__ = [
@@ -208,30 +209,6 @@ def _decoded(node: Part, data: bytes, whole: bool) -> bytes:
     if encoding == "quoted-printable":
         return decode_qp(raw)
     raise UnknownCte(encoding)
-
-
-_QP_LINE = re.compile(rb"([^\r\n]*)(\r\n|\n|\r|$)")
-_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
-
-
-def decode_qp(raw: bytes) -> bytes:
-    """Quoted-printable as RFC 2045 §6.7 says to decode it.
-
-    Trailing spaces and tabs of a line are transport padding and go (rule 3); a line ending in
-    ``=``, padding or not, is a soft line break (rule 5); ``=XX`` is an octet (hex digits in either
-    case, as robust decoders accept); any other ``=`` is kept as it is. `binascii.a2b_qp` keeps
-    the padding and does not see ``= `` before a line end as a soft break.
-    """
-    out: list[bytes] = []
-    for m in _QP_LINE.finditer(raw):
-        line, end = m.group(1), m.group(2)
-        if not line and not end:
-            break  # the empty match at the very end
-        line = line.rstrip(b" \t")
-        if line.endswith(b"="):
-            line, end = line[:-1], b""
-        out.append(_QP_ESCAPE.sub(lambda e: bytes([int(e.group(1), 16)]), line) + end)
-    return b"".join(out)
 
 
 _CTE_FIELD = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")

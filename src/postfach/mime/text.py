@@ -66,13 +66,37 @@ def _b64decode(raw: bytes) -> bytes:
         return b""
 
 
+_QP_LINE = re.compile(rb"([^\r\n]*)(\r\n|\n|\r|$)")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_qp(raw: bytes) -> bytes:
+    """Quoted-printable as RFC 2045 §6.7 says to decode it.
+
+    Trailing spaces and tabs of a line are transport padding and go (rule 3); a line ending in
+    ``=``, padding or not, is a soft line break (rule 5); ``=XX`` is an octet (hex digits in either
+    case, as robust decoders accept); any other ``=`` is kept as it is. `binascii.a2b_qp` keeps
+    the padding and does not see ``= `` before a line end as a soft break.
+    """
+    out: list[bytes] = []
+    for m in _QP_LINE.finditer(raw):
+        line, end = m.group(1), m.group(2)
+        if not line and not end:
+            break  # the empty match at the very end
+        line = line.rstrip(b" \t")
+        if line.endswith(b"="):
+            line, end = line[:-1], b""
+        out.append(_QP_ESCAPE.sub(lambda e: bytes([int(e.group(1), 16)]), line) + end)
+    return b"".join(out)
+
+
 def _decoded_body(data: bytes, part: Part, limit: int) -> bytes:
     """Up to about ``limit`` octets of the part's body, transfer decoding undone."""
     raw = data[part.body_start : min(part.body_end, part.body_start + limit)]
     if part.encoding == "base64":
         return _b64decode(raw)
     if part.encoding == "quoted-printable":
-        return binascii.a2b_qp(raw)
+        return decode_qp(raw)
     return raw
 
 

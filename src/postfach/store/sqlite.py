@@ -281,6 +281,7 @@ class SqliteMailstore:
         )
         self._writer.start()
         self._index_wakeup = threading.Event()
+        self._stopping = False
         self._indexer: threading.Thread | None = None
         if index_text:
             self._indexer = threading.Thread(
@@ -424,10 +425,11 @@ class SqliteMailstore:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        self._stopping = True  # the indexer finishes its batch (writes still accepted) and ends
         self._index_wakeup.set()
         if self._indexer is not None:
             self._indexer.join(timeout=30)
+        self._closed = True
         self._queue.put(None)
         self._writer.join(timeout=30)
         with self._readers_lock:
@@ -1453,10 +1455,10 @@ class SqliteMailstore:
 
     def _indexer_loop(self) -> None:
         """Index new blobs in small batches, using at most about a third of one core."""
-        while not self._closed:
+        while not self._stopping:
             self._index_wakeup.wait(timeout=5)
             self._index_wakeup.clear()
-            while not self._closed:
+            while not self._stopping:
                 started = time.monotonic()
                 try:
                     done = self.index_pending(self.INDEX_BATCH)
