@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 DEFAULT_DOMAIN = "localhost"
 
 
+def _account_wants_copy(store: SqliteMailstore, name: str) -> bool:
+    """The account's own ``sent_copy`` setting (``postfach user set ADDR sent_copy auto``)."""
+    account = store.get_account(name)
+    return account is not None and account.sent_copy == "auto"
+
+
 class StartupError(RuntimeError):
     """The server cannot start; the message is one line for the user."""
 
@@ -125,7 +131,9 @@ class App:
                 sent_copy_window=sub.sent_copy_window,
             ),
             signer=dkim.sign if dkim is not None else None,
-            wants_sent_copy=sub.wants_sent_copy,
+            wants_sent_copy=lambda name: (
+                sub.wants_sent_copy(name) or _account_wants_copy(store, name)
+            ),
         )
         client = SmtpClient(cfg.hostname, relay=cfg.relay, mx_port=self.mx_port)
         if self.resolver is not None:

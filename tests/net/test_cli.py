@@ -151,3 +151,13 @@ def test_first_run_initialises_and_says_what_next(tmp_path: Path) -> None:
     assert "user add" in out
     assert (data / "postfach.db").exists() and (data / "tls" / "cert.pem").exists()
     assert "localhost" in cli(data, "domain", "list").stdout
+
+
+def test_user_set_changes_a_setting(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    r = cli(data, "user", "add", "a@localhost", "--password-stdin", stdin="pw\n")
+    assert r.returncode == 0, r.stderr
+    r = cli(data, "user", "set", "a@localhost", "sent_copy", "auto")
+    assert r.returncode == 0 and "sent_copy = auto" in r.stdout
+    r = cli(data, "user", "set", "a@localhost", "colour", "blue")
+    assert r.returncode == 1 and r.stderr.startswith("postfach: error: unknown setting")

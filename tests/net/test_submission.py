@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from postfach.errors import StoreError
 from postfach.store.api import INBOX
 from support import PASSWORD, RunningServer, start_server
 
@@ -340,3 +341,25 @@ def test_address_tricks_refused_even_with_auth(users: RunningServer, rcpt: str) 
         s.mail(ALICE)
         code, _ = s.docmd("RCPT", f"TO:<{rcpt.strip('<>')}>")
         assert code >= 500, rcpt
+
+
+def test_sent_copy_per_account_setting(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "postfach.toml").write_text("[submission]\nsent_copy_window = 0\n")
+    srv = start_server(data)
+    try:
+        srv.add_user(ALICE)
+        srv.add_user(BOB)
+        with pytest.raises(StoreError, match="use one of auto, off"):
+            srv.store.set_account_setting(ALICE, "sent_copy", "sometimes")
+        assert srv.store.set_account_setting(ALICE, "sent_copy", "auto").sent_copy == "auto"
+        with login(srv) as s:
+            s.sendmail(ALICE, [BOB], msg(subject="copied by setting"))
+        with login(srv, BOB) as s:
+            s.sendmail(BOB, [ALICE], msg(frm=BOB, to=ALICE))
+        [copy] = mailbox(srv, ALICE, "Sent")
+        assert b"Subject: copied by setting" in copy
+        assert mailbox(srv, BOB, "Sent") == []
+    finally:
+        srv.stop()

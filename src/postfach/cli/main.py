@@ -248,6 +248,17 @@ def user_del(obj: _Ctx, address: str, yes: bool) -> None:
     console.print(f"deleted {acc.name}")
 
 
+@user.command("set")
+@click.argument("address")
+@click.argument("key")
+@click.argument("value")
+@click.pass_obj
+def user_set(obj: _Ctx, address: str, key: str, value: str) -> None:
+    """Change an account setting, e.g. `sent_copy auto` (copy submitted mail to Sent)."""
+    acc = obj.store().set_account_setting(address, key, value)
+    console.print(f"{acc.name}: {key} = {value}")
+
+
 @user.command("passwd")
 @click.argument("address")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")

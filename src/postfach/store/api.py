@@ -72,6 +72,7 @@ class Account:
     quota_messages: int  # 0 = unlimited
     used_bytes: int
     used_messages: int
+    sent_copy: str = "off"  # "auto": submitted messages are copied to Sent
 
     @property
     def domain(self) -> str:

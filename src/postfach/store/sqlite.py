@@ -161,6 +161,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT INTO counters(name, value)
         SELECT 'uidvalidity', coalesce(max(uidvalidity), 0) FROM mailboxes;
     """,
+    # 5: per-account setting: a copy of each submitted message in Sent ("auto") or not ("off").
+    """
+    ALTER TABLE accounts ADD COLUMN sent_copy TEXT NOT NULL DEFAULT 'off';
+    """,
 )
 
 
@@ -567,7 +571,9 @@ class SqliteMailstore:
 
     # ---- accounts -----------------------------------------------------------------------------
 
-    _ACCOUNT_COLS: Final = "id, name, quota_bytes, quota_messages, used_bytes, used_messages"
+    _ACCOUNT_COLS: Final = (
+        "id, name, quota_bytes, quota_messages, used_bytes, used_messages, sent_copy"
+    )
 
     def add_account(
         self, name: str, password_hash: str, quota_bytes: int = 0, quota_messages: int = 0
@@ -604,7 +610,7 @@ class SqliteMailstore:
             conn.execute(
                 "INSERT INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, mbox)
             )
-        return Account(account_id, name, quota_bytes, quota_messages, 0, 0)
+        return Account(account_id, name, quota_bytes, quota_messages, 0, 0, "off")
 
     @staticmethod
     def _new_uidvalidity(conn: sqlite3.Connection) -> int:
@@ -680,6 +686,29 @@ class SqliteMailstore:
         cur = conn.execute(
             "UPDATE accounts SET quota_bytes=?, quota_messages=? WHERE name=?", (qb, qm, name)
         )
+        if cur.rowcount == 0:
+            raise NotFound(f"no account {name}")
+        row = conn.execute(
+            f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE name=?", (name,)
+        ).fetchone()
+        return self._account(row)
+
+    ACCOUNT_SETTINGS: Final = {"sent_copy": ("auto", "off")}
+
+    def set_account_setting(self, name: str, key: str, value: str) -> Account:
+        """Per-account settings (today: ``sent_copy`` = auto | off)."""
+        allowed = self.ACCOUNT_SETTINGS.get(key)
+        if allowed is None:
+            raise StoreError(f"unknown setting {key!r} (known: {', '.join(self.ACCOUNT_SETTINGS)})")
+        if value not in allowed:
+            raise StoreError(f"{key}: use one of {', '.join(allowed)}")
+        return self._write(self._op_set_setting, name.lower(), key, value)
+
+    def _op_set_setting(
+        self, conn: sqlite3.Connection, batch: _Batch, name: str, key: str, value: str
+    ) -> Account:
+        assert key in self.ACCOUNT_SETTINGS  # the column name comes from the fixed table above
+        cur = conn.execute(f"UPDATE accounts SET {key}=? WHERE name=?", (value, name))
         if cur.rowcount == 0:
             raise NotFound(f"no account {name}")
         row = conn.execute(
