@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable
 
@@ -44,17 +46,47 @@ def same_text(a: str, b: str) -> bool:
 
 
 class Authenticator:
-    """Checks a username/password pair, slowing repeated failures per user and per address."""
+    """Checks a username/password pair, slowing repeated failures per user and per address.
+
+    argon2id is deliberately expensive (tens of milliseconds of CPU); mail programs log in again
+    every few minutes, so a password that verified is remembered for ``cache_ttl`` seconds, as a
+    keyed HMAC (the key lives only in this process), together with the stored hash it verified
+    against: a password change, or any other password, goes through argon2 again.
+    """
 
     def __init__(
         self,
         lookup: Callable[[str], str | None],
         throttle: LoginThrottle | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cache_ttl: float = 300.0,
+        cache_max: int = 10_000,
     ) -> None:
         self._lookup = lookup
         self.throttle = throttle or LoginThrottle()
         self._clock = clock
+        self._cache_ttl = cache_ttl
+        self._cache_max = cache_max
+        self._cache: dict[str, tuple[str, bytes, float]] = {}
+        self._key = secrets.token_bytes(32)
+
+    def _mac(self, user: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+
+    def _cached(self, user: str, stored: str | None, password: str) -> bool:
+        hit = self._cache.get(user)
+        if hit is None or stored is None:
+            return False
+        cached_hash, mac, expires = hit
+        if expires < self._clock() or cached_hash != stored:
+            del self._cache[user]
+            return False
+        return hmac.compare_digest(mac, self._mac(user, password))
+
+    def _remember(self, user: str, stored: str, password: str) -> None:
+        if len(self._cache) >= self._cache_max:
+            self._cache.clear()
+        self._cache[user] = (stored, self._mac(user, password), self._clock() + self._cache_ttl)
 
     async def authenticate(self, username: str, password: str, remote_ip: str) -> str | None:
         """The canonical account name, or None. Never logs the password."""
@@ -63,8 +95,13 @@ class Authenticator:
         if wait:
             await asyncio.sleep(wait)
         stored = self._lookup(user)
+        if self._cached(user, stored, password):
+            self.throttle.succeeded(user)
+            return user
         ok = await asyncio.to_thread(verify_password, stored, password)
         if ok:
+            assert stored is not None
+            self._remember(user, stored, password)
             self.throttle.succeeded(user)
             return user
         self.throttle.failed(user, remote_ip, self._clock())

@@ -286,6 +286,7 @@ class SqliteMailstore:
         self._writer.start()
         self._index_wakeup = threading.Event()
         self._stopping = False
+        self._last_added = 0.0
         self._indexer: threading.Thread | None = None
         if index_text:
             self._indexer = threading.Thread(
@@ -414,6 +415,7 @@ class SqliteMailstore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         if any(isinstance(c, MessageAdded) for c in batch.changes):
+            self._last_added = time.monotonic()
             self._index_wakeup.set()
         if batch.changes and self._publish is not None:
             try:
@@ -1483,11 +1485,13 @@ class SqliteMailstore:
     INDEX_BATCH: Final = 25
 
     def _indexer_loop(self) -> None:
-        """Index new blobs in small batches, using at most about a third of one core."""
+        """Index new blobs in small batches: up to a third of one core while mail is quiet, a
+        tenth while messages keep arriving (the index is an optimisation; delivery is not)."""
         while not self._stopping:
             self._index_wakeup.wait(timeout=5)
             self._index_wakeup.clear()
             while not self._stopping:
+                busy = time.monotonic() - self._last_added < 1.0
                 started = time.monotonic()
                 try:
                     done = self.index_pending(self.INDEX_BATCH)
@@ -1497,7 +1501,7 @@ class SqliteMailstore:
                 if done == 0:
                     break
                 # Leave the CPU (and the writer) to deliveries and sessions most of the time.
-                time.sleep(2 * (time.monotonic() - started))
+                time.sleep((9 if busy else 2) * (time.monotonic() - started))
 
     def index_pending(self, limit: int) -> int:
         """Index up to ``limit`` blobs that have no index entry yet; returns how many."""

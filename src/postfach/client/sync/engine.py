@@ -48,6 +48,7 @@ from postfach.client.sync.names import (
     INBOX,
     Flags,
     flags_from_imap,
+    flags_of_name,
     ident,
     imap_flag_list,
     message_id,
@@ -83,7 +84,7 @@ from postfach.client.sync.plan import (
     plan_folders,
     plan_messages,
 )
-from postfach.client.sync.state import FolderRow, SyncState
+from postfach.client.sync.state import FolderRow, SyncState, flags_from_text
 from postfach.imap.response import format_date_time, parse_date_time
 from postfach.imap.sequence import format_sequence_set, parse_sequence_set
 
@@ -249,7 +250,7 @@ class Syncer:
             rep = self.report.folders.setdefault(name, FolderReport(name))
             try:
                 self._sync_folder(name, server.get(name), rep)
-            except CommandFailed as exc:
+            except (CommandFailed, OSError) as exc:  # the other folders still get synced
                 rep.errors.append(str(exc))
                 log.warning("folder=%s error=%s", name, exc)
         self.report.commands = self.client.commands_sent - start
@@ -484,8 +485,7 @@ class Syncer:
             ctx.reload(rescan=True)
             selected.delta = None
         elif row.uidvalidity is None:
-            self.state.update_folder(row.key, uidvalidity=selected.uidvalidity)
-            ctx.reload(rescan=False)
+            ctx.row = self.state.update_folder(row.key, uidvalidity=selected.uidvalidity)
         view = selected.delta if selected.delta is not None else self._listing(selected.exists)
         seen_modseq = selected.highestmodseq
         for _ in range(MAX_PASSES):
@@ -493,8 +493,11 @@ class Syncer:
             if not wrote:
                 break
             # Read back what we wrote (and whatever a concurrent client did meanwhile).
-            ctx.reload(rescan=ctx.unrecorded, keep_local=not ctx.unrecorded)
-            ctx.unrecorded = False
+            if ctx.unrecorded:
+                ctx.reload(rescan=True)
+                ctx.unrecorded = False
+            else:
+                ctx.local = None  # the records in memory now stand for every local file
             if self.qresync and seen_modseq is not None and not ctx.orphans:
                 view, top = self._changed_since(seen_modseq)
                 seen_modseq = max(seen_modseq, top)
@@ -677,27 +680,26 @@ class _Folder:
             if u not in found:
                 del self.lnames[u]
 
-    def reload(self, *, rescan: bool, keep_local: bool = False) -> None:
+    def reload(self, *, rescan: bool) -> None:
         self.row = self.state.folder_by_key(self.row.key)
         self.records.clear()
         self.idents.clear()
         self.orphans.clear()
-        for m in self.state.records(self.row.key):
-            self.records[m.uid] = Record(
-                m.uid, m.unique, m.base, self.mf.flags(m.lname) if m.lname else None
+        records, idents, lnames = self.records, self.idents, self.lnames
+        for uid, unique, base, lname, mid in self.state.rows(self.row.key):
+            records[uid] = Record(
+                uid, unique, flags_from_text(base), flags_of_name(lname) if lname else None
             )
-            self.idents[m.uid] = m.ident
-            if m.lname and (m.unique not in self.lnames or keep_local):
-                self.lnames[m.unique] = m.lname
+            idents[uid] = mid
+            if lname and unique not in lnames:
+                lnames[unique] = lname
         for o in self.state.orphans(self.row.key):
             self.orphans[o.unique] = Orphan(
                 o.unique, o.base, self.mf.flags(o.lname) if o.lname else None, o.ident
             )
             if o.lname and o.unique not in self.lnames:
                 self.lnames[o.unique] = o.lname
-        if keep_local:
-            self.local = None
-        elif rescan:
+        if rescan:
             self.scan(self.mf.scan())
 
     def plan(self, view: ServerView) -> list[MessageAction]:
@@ -719,6 +721,8 @@ class _Folder:
         """Record the folder as synced up to ``modseq``; the Maildir stamp only if nothing
         (neither we nor anyone else) touched the folder since it was taken."""
         keep = stamp if stamp is not None and self.mf.raw_stamp() == stamp else None
+        if self.unrecorded:  # uploads without APPENDUID: the next run must look at the files
+            keep = None
         self.state.update_folder(self.row.key, highestmodseq=modseq, uidnext=uidnext, stamp=keep)
 
     # -- carrying out a plan -----------------------------------------------------------------
@@ -814,7 +818,9 @@ class _Folder:
             self.mf.sync_dirs()
         with self.state.transaction():
             for a, lname in rows:
-                self.state.put(self.row.key, a.uid, a.unique, a.base, lname, self._ident_for(a))
+                known = self._ident_for(a)
+                self.state.put(self.row.key, a.uid, a.unique, a.base, lname, known)
+                self.idents[a.uid] = known
             self.state.forget_orphans(self.row.key, [a.unique for a, _ in rows if a.orphan])
         for a, lname in rows:
             self.records[a.uid] = Record(a.uid, a.unique, a.base, a.local if lname else None)
@@ -876,6 +882,7 @@ class _Folder:
                         lname = self.lnames.get(up.unique)
                         mid = ident(len(data), message_id(data))
                         self.state.put(self.row.key, uid, up.unique, up.flags, lname, mid)
+                        self.idents[uid] = mid
                         self.records[uid] = Record(uid, up.unique, up.flags, up.flags)
                     self.state.forget_orphans(self.row.key, [u.unique for u, _, _ in batch
                                                              if u.orphan])  # fmt: skip
@@ -952,6 +959,7 @@ class _Folder:
             with self.state.transaction():
                 for uid, st, mid in done:
                     self.state.put(self.row.key, uid, st.unique, flags[uid], st.lname, mid)
+                    self.idents[uid] = mid
             for uid, st, _ in done:
                 self.records[uid] = Record(uid, st.unique, flags[uid], flags[uid])
                 self.lnames[st.unique] = st.lname

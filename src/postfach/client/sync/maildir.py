@@ -37,7 +37,7 @@ from postfach.client.sync.names import (
     Flags,
     crlf_size,
     dir_for_folder,
-    flags_of,
+    flags_of_name,
     folder_for_dir,
     ident,
     message_id,
@@ -164,7 +164,7 @@ class MaildirFolder:
 
     @staticmethod
     def flags(lname: str) -> Flags:
-        return flags_of(split_filename(lname.partition("/")[2])[1])
+        return flags_of_name(lname)
 
     def read(self, lname: str) -> bytes:
         return (self.path / lname).read_bytes()

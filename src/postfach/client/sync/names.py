@@ -20,6 +20,7 @@ copied a second time.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Final
@@ -33,6 +34,8 @@ __all__ = [
     "crlf_size",
     "dir_for_folder",
     "flags_from_imap",
+    "flags_of",
+    "flags_of_name",
     "folder_for_dir",
     "ident",
     "imap_flag_list",
@@ -53,6 +56,7 @@ IMAP_FLAG: Final = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\
 LETTER: Final = {v.lower(): k for k, v in IMAP_FLAG.items()}
 SYNCED: Final = frozenset(IMAP_FLAG)
 
+_NONE: Final[Flags] = frozenset()
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
 _HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
 
@@ -100,8 +104,18 @@ def split_filename(filename: str) -> tuple[str, str]:
     return unique, ""
 
 
+@functools.lru_cache(maxsize=1024)
 def flags_of(letters: str) -> Flags:
+    """The synced flags among Maildir info letters (cached: there are few distinct ones)."""
     return frozenset(c for c in letters if c in SYNCED)
+
+
+def flags_of_name(filename: str) -> Flags:
+    """The synced flags of a file name, ``sub/`` prefix or not: ``cur/u:2,FS`` → {F, S}."""
+    i = filename.find(":")
+    if i < 0 or not filename.startswith("2,", i + 1):
+        return _NONE
+    return flags_of(filename[i + 3 :])
 
 
 def with_flags(unique: str, old_letters: str, flags: Flags) -> str:

@@ -311,6 +311,8 @@ def plan_messages(
             actions.append(Forget(r.uid) if lf is None else DeleteLocal(r.uid, r.unique))
             continue
         sf = server.flags.get(r.uid, r.base)
+        if lf == r.local == r.base == sf or (pull and lf == r.local and sf == r.base):
+            continue  # nothing changed on either side (the common case: keep it cheap)
         if lf is None:
             if not pull:
                 actions.append(DeleteServer(r.uid, r.unique))

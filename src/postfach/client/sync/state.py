@@ -14,6 +14,7 @@ instead of copying either again. Every write is a transaction (WAL, ``synchronou
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,14 @@ from typing import Any, Final
 
 from postfach.client.sync.names import Flags
 
-__all__ = ["FolderRow", "MessageRow", "OrphanRow", "StateError", "SyncState"]
+__all__ = [
+    "FolderRow",
+    "MessageRow",
+    "OrphanRow",
+    "StateError",
+    "SyncState",
+    "flags_from_text",
+]
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -63,7 +71,8 @@ class StateError(Exception):
     """The state file cannot be used (another account's, or newer than this program)."""
 
 
-def _flags(text: str) -> Flags:
+@functools.lru_cache(maxsize=256)
+def flags_from_text(text: str) -> Flags:
     return frozenset(text)
 
 
@@ -244,11 +253,18 @@ class SyncState:
 
     def records(self, key: int) -> list[MessageRow]:
         return [
-            MessageRow(uid, unique, _flags(base), lname, ident)
+            MessageRow(uid, unique, flags_from_text(base), lname, ident)
             for uid, unique, base, lname, ident in self._db.execute(
                 "SELECT uid, unique_name, base, lname, ident FROM messages WHERE folder=?", (key,)
             )
         ]
+
+    def rows(self, key: int) -> list[tuple[int, str, str, str | None, str | None]]:
+        """``records`` as plain tuples (uid, unique, base letters, lname, ident): the engine
+        loads every message of a folder, and 50,000 objects fewer are worth it."""
+        return self._db.execute(
+            "SELECT uid, unique_name, base, lname, ident FROM messages WHERE folder=?", (key,)
+        ).fetchall()
 
     def count(self, key: int) -> int:
         (n,) = self._db.execute("SELECT count(*) FROM messages WHERE folder=?", (key,)).fetchone()
@@ -256,7 +272,7 @@ class SyncState:
 
     def orphans(self, key: int) -> list[OrphanRow]:
         return [
-            OrphanRow(unique, _flags(base), lname, ident)
+            OrphanRow(unique, flags_from_text(base), lname, ident)
             for unique, base, lname, ident in self._db.execute(
                 "SELECT unique_name, base, lname, ident FROM orphans WHERE folder=?", (key,)
             )
