@@ -26,6 +26,9 @@ __all__ = ["Pop3Server", "start_pop3_server"]
 
 log = logging.getLogger("postfach.pop3")
 
+# Replies up to this size are joined into one write; bigger ones go chunk by chunk (no copy).
+_JOIN_MAX = 256 * 1024
+
 _READ_HIGH_WATER: Final = 64 * 1024  # stop reading from a client that sends faster than we parse
 _WRITE_HIGH_WATER: Final = 256 * 1024  # wait for the client to read before processing more
 _CLOSE_TIMEOUT: Final = 5.0  # how long a graceful close (TLS shutdown, flush) may take
@@ -113,6 +116,11 @@ class _Connection(asyncio.Protocol):
     def _write(self, chunks: tuple[bytes, ...]) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionResetError("connection closed")
+        if sum(len(c) for c in chunks) <= _JOIN_MAX:
+            # One write, one send(): a RETR of a typical message leaves in one go rather than
+            # as status line, body and terminator in three segments.
+            self._transport.write(b"".join(chunks))
+            return
         for chunk in chunks:
             if chunk:
                 self._transport.write(chunk)
