@@ -10,15 +10,14 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 import ssl
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from postfach.auth.passwords import Authenticator
 from postfach.config import Address, Config, ConfigError
+from postfach.datadir import StartupError, open_store
 from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
 from postfach.imap.server import start_imap_server
@@ -41,35 +40,11 @@ from postfach.tls import ensure_self_signed, server_context
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DOMAIN = "localhost"
-
 
 def _account_wants_copy(store: SqliteMailstore, name: str) -> bool:
     """The account's own ``sent_copy`` setting (``postfach user set ADDR sent_copy auto``)."""
     account = store.get_account(name)
     return account is not None and account.sent_copy == "auto"
-
-
-class StartupError(RuntimeError):
-    """The server cannot start; the message is one line for the user."""
-
-
-def open_store(data_dir: Path) -> SqliteMailstore:
-    """Open (and on first use initialise) the data directory; one clear error if we cannot."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not os.access(data_dir, os.W_OK | os.X_OK):
-            raise StartupError(f"data directory {data_dir} is not writable")
-        store = SqliteMailstore(data_dir)
-    except StartupError:
-        raise
-    except OSError as exc:
-        raise StartupError(f"cannot use data directory {data_dir}: {exc.strerror}") from None
-    except Exception as exc:
-        raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
-    if not store.list_domains():
-        store.add_domain(DEFAULT_DOMAIN)
-    return store
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -18,8 +19,14 @@ from postfach.auth.throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 _hasher = PasswordHasher()  # argon2id, library defaults (RFC 9106 second recommendation)
-# Verified against when the user does not exist, so unknown users cost the same time.
-_DUMMY_HASH = _hasher.hash("postfach-no-such-user")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so unknown users cost the same time.
+
+    Made on first use, not at import (hashing costs a quarter of a second)."""
+    return _hasher.hash("postfach-no-such-user")
 
 
 def hash_password(password: str) -> str:
@@ -29,7 +36,7 @@ def hash_password(password: str) -> str:
 def verify_password(stored: str | None, password: str) -> bool:
     """Constant work whether or not the account exists."""
     try:
-        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
+        return _hasher.verify(stored or _dummy_hash(), password) and stored is not None
     except (VerificationError, InvalidHashError):
         return False
 

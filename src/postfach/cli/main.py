@@ -7,6 +7,7 @@ accounts, aliases and quotas from the database on every RCPT and login.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -18,14 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from postfach import __version__
-from postfach.app import App, StartupError, open_store
 from postfach.auth.passwords import hash_password
-from postfach.cli.dkim import domain_dkim
-from postfach.cli.fetch import fetch as fetch_command
-from postfach.cli.queue import queue as queue_group
-from postfach.cli.sync import sync_command
-from postfach.cli.transfer import export_command, import_command
 from postfach.config import Config, ConfigError, default_data_dir, load_config
+from postfach.datadir import StartupError, open_store
 from postfach.errors import StoreError
 from postfach.quota import format_size, parse_size
 from postfach.store.sqlite import SqliteMailstore
@@ -39,8 +35,39 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-class _Group(click.Group):
+class _LazyGroup(click.Group):
+    """Subcommands named in ``lazy`` ("name" -> "module:attribute") are imported when used, so
+    `postfach sync` from cron does not first import the server, DNS and DKIM libraries."""
+
+    lazy: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+class _DomainGroup(_LazyGroup):
+    lazy = {"dkim": "postfach.cli.dkim:domain_dkim"}
+
+
+class _Group(_LazyGroup):
     """Turns the errors users cause into one line and exit status 1."""
+
+    lazy = {
+        "fetch": "postfach.cli.fetch:fetch",
+        "import": "postfach.cli.transfer:import_command",
+        "export": "postfach.cli.transfer:export_command",
+        "queue": "postfach.cli.queue:queue",
+        "sync": "postfach.cli.sync:sync_command",
+    }
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -118,7 +145,7 @@ def cli(ctx: click.Context, data: Path | None) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log every event (debug level).")
 @click.pass_obj
 def serve(obj: _Ctx, config_file: Path | None, verbose: bool) -> None:
-    """Run the server (SMTP, POP3) until SIGTERM or Ctrl-C."""
+    """Run the server (SMTP, submission, POP3, IMAP) until SIGTERM or Ctrl-C."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -131,6 +158,8 @@ def serve(obj: _Ctx, config_file: Path | None, verbose: bool) -> None:
 
 
 async def _serve(cfg: Config, first_run: bool) -> None:
+    from postfach.app import App  # the whole server: imported only by `serve`
+
     app = App(cfg)
     await app.start()
     assert app.store is not None
@@ -153,7 +182,7 @@ async def _serve(cfg: Config, first_run: bool) -> None:
 # ---- domains --------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(cls=_DomainGroup)
 def domain() -> None:
     """Manage the domains this server receives mail for."""
 
@@ -353,15 +382,6 @@ def check(obj: _Ctx, repair: bool) -> None:
         console.print("repaired")
         return
     sys.exit(2)
-
-
-for _command in (fetch_command, import_command, export_command):
-    cli.add_command(_command)
-
-
-cli.add_command(queue_group)
-cli.add_command(sync_command)
-domain.add_command(domain_dkim)
 
 
 def main() -> None:

@@ -1557,14 +1557,35 @@ class SqliteMailstore:
         conn = self._reader()
         phrase = '"' + needle.replace('"', '""') + '"'
         query = phrase if key.upper() == "TEXT" else "body : " + phrase
-        uids = {
-            r[0]
-            for r in conn.execute(
-                "SELECT m.uid FROM messages m JOIN fts_docs d ON d.sha256=m.blob"
-                " WHERE m.mailbox_id=? AND d.docid IN (SELECT rowid FROM fts WHERE fts MATCH ?)",
-                (mailbox_id, query),
+        hits = [r[0] for r in conn.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (query,))]
+        uids: set[int] = set()
+        if len(hits) <= 2000:
+            # Few hits (the usual case): look each one's messages up by blob.
+            for docid in hits:
+                uids.update(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT m.uid FROM fts_docs d JOIN messages m ON m.blob=d.sha256"
+                        " WHERE d.docid=? AND m.mailbox_id=?",
+                        (docid, mailbox_id),
+                    )
+                )
+        else:
+            # Many hits: one pass over the mailbox is cheaper than thousands of lookups.
+            wanted = set(hits)
+            uids.update(
+                uid
+                for uid, docid in conn.execute(
+                    "SELECT m.uid, d.docid FROM messages m JOIN fts_docs d ON d.sha256=m.blob"
+                    " WHERE m.mailbox_id=?",
+                    (mailbox_id,),
+                )
+                if docid in wanted
             )
-        }
+        (blobs,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
+        (indexed,) = conn.execute("SELECT count(*) FROM fts_docs").fetchone()
+        if blobs == indexed:  # everything is indexed: nothing to scan
+            return uids
         pending = conn.execute(
             "SELECT m.uid, m.blob, b.structure FROM messages m JOIN blobs b ON b.sha256=m.blob"
             " WHERE m.mailbox_id=? AND NOT EXISTS (SELECT 1 FROM fts_docs d WHERE d.sha256=m.blob)",

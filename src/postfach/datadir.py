@@ -1,0 +1,36 @@
+"""Opening the data directory, shared by the server and the admin commands (adapters).
+
+Kept apart from `postfach.app` so that a command like ``postfach user list`` or ``postfach
+fetch`` does not import the whole server (IMAP, SMTP, queue) before doing its work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from postfach.store.sqlite import SqliteMailstore
+
+DEFAULT_DOMAIN = "localhost"
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message is one line for the user."""
+
+
+def open_store(data_dir: Path) -> SqliteMailstore:
+    """Open (and on first use initialise) the data directory; one clear error if we cannot."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise StartupError(f"data directory {data_dir} is not writable")
+        store = SqliteMailstore(data_dir)
+    except StartupError:
+        raise
+    except OSError as exc:
+        raise StartupError(f"cannot use data directory {data_dir}: {exc.strerror}") from None
+    except Exception as exc:
+        raise StartupError(f"cannot open the store in {data_dir}: {exc}") from None
+    if not store.list_domains():
+        store.add_domain(DEFAULT_DOMAIN)
+    return store
