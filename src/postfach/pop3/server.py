@@ -15,11 +15,11 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-import socket
 import ssl
 from collections.abc import Sequence
-from typing import Any, Final, Self
+from typing import Final
 
+from postfach.listener import Listener
 from postfach.pop3.session import Pop3Backend, Pop3Session, Pop3Settings, is_loopback_address
 
 __all__ = ["Pop3Server", "start_pop3_server"]
@@ -265,13 +265,15 @@ class _Connection(asyncio.Protocol):
             self.task.cancel()
 
 
-class Pop3Server(asyncio.AbstractServer):
+class Pop3Server(Listener):
     """A POP3 listener, usable wherever an ``asyncio.AbstractServer`` is expected.
 
     ``ssl_context`` enables STLS, or with ``implicit_tls`` the POP3S variant (RFC 8314) where TLS
     starts at connect time. ``close()`` stops listening and ends every connection (maildrop locks
     released, nothing committed); ``await wait_closed()`` waits until they are all gone.
     """
+
+    upgrade_name = "stls"
 
     def __init__(
         self,
@@ -283,106 +285,18 @@ class Pop3Server(asyncio.AbstractServer):
         ssl_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
     ) -> None:
-        if implicit_tls and ssl_context is None:
-            raise ValueError("implicit_tls needs an ssl_context")
+        super().__init__(host, port, ssl_context=ssl_context, implicit_tls=implicit_tls, log=log)
         self.backend = backend
         # STLS is on offer exactly when there is a context and the port is not TLS already.
         self.settings = dataclasses.replace(
             settings, tls_available=ssl_context is not None and not implicit_tls
         )
-        self.host = host
-        self.port = port
-        self.ssl_context = ssl_context
-        self.implicit_tls = implicit_tls
-        self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
 
-    def _track(self, conn: _Connection) -> None:
-        self._connections.add(conn)
-        if conn.task is not None:
-            conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
+    def _new_connection(self) -> asyncio.Protocol:
+        return _Connection(self)
 
-    async def start(self) -> None:
-        """Bind and start accepting connections."""
-        if self._server is not None:
-            raise RuntimeError("already started")
-        loop = asyncio.get_running_loop()
-        kwargs: dict[str, Any] = {}
-        if self.implicit_tls:
-            kwargs["ssl"] = self.ssl_context
-            kwargs["ssl_handshake_timeout"] = min(60.0, self.settings.autologout)
-        self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, **kwargs
-        )
-        log.info(
-            "event=listen addresses=%s tls=%s",
-            ",".join(f"{a[0]}:{a[1]}" for a in self.addresses),
-            "implicit" if self.implicit_tls else ("stls" if self.ssl_context else "no"),
-        )
-
-    # ---- asyncio.AbstractServer / asyncio.Server look-alike ----------------------------------
-
-    @property
-    def sockets(self) -> tuple[socket.socket, ...]:
-        """The listening sockets, as ``asyncio.Server.sockets`` (empty before start)."""
-        return tuple(self._server.sockets) if self._server is not None else ()
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        if self._server is None:
-            raise RuntimeError("not started")
-        return self._server.get_loop()
-
-    def is_serving(self) -> bool:
-        return self._server is not None and self._server.is_serving()
-
-    async def start_serving(self) -> None:
-        if self._server is None:
-            await self.start()
-        else:
-            await self._server.start_serving()
-
-    async def serve_forever(self) -> None:
-        if self._server is None:
-            await self.start()
-        assert self._server is not None
-        await self._server.serve_forever()
-
-    def close(self) -> None:
-        """Stop listening and end every connection (locks released, nothing committed)."""
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self._connections):
-            conn.shutdown()
-
-    async def wait_closed(self) -> None:
-        tasks = [c.task for c in list(self._connections) if c.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        if self._server is None:
-            await self.start()
-        return self
-
-    # ---- conveniences ------------------------------------------------------------------------
-
-    @property
-    def addresses(self) -> list[tuple[Any, ...]]:
-        return [tuple(s.getsockname()) for s in self.sockets]
-
-    @property
-    def bound_port(self) -> int:
-        """The port actually listened on (useful with port 0)."""
-        addresses = self.addresses
-        if not addresses:
-            raise RuntimeError("not listening")
-        return int(addresses[0][1])
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
+    def _handshake_timeout(self) -> float:
+        return min(60.0, self.settings.autologout)
 
 
 async def start_pop3_server(

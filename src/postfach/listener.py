@@ -1,0 +1,144 @@
+"""A listening socket that tracks its connections: what the POP3 and IMAP servers share (adapters).
+
+Usable wherever an ``asyncio.AbstractServer`` is expected. ``ssl_context`` enables the in-protocol
+upgrade (STLS/STARTTLS), or with ``implicit_tls`` the variant of RFC 8314 where TLS starts at
+connect time. ``close()`` stops listening and ends every connection; ``await wait_closed()``
+waits until they are all gone. Subclasses say how a connection is made and how long a TLS
+handshake may take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any, Protocol, Self
+
+
+class TrackedConnection(Protocol):
+    task: asyncio.Task[None] | None
+
+    def shutdown(self) -> None: ...
+
+
+class Listener(asyncio.AbstractServer):
+    #: word for the in-protocol TLS upgrade in the log line ("stls", "starttls")
+    upgrade_name = "starttls"
+
+    def __init__(
+        self,
+        host: str | Sequence[str] | None,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        implicit_tls: bool,
+        log: logging.Logger,
+    ) -> None:
+        if implicit_tls and ssl_context is None:
+            raise ValueError("implicit_tls needs an ssl_context")
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.implicit_tls = implicit_tls
+        self._log = log
+        self._server: asyncio.Server | None = None
+        self._connections: set[TrackedConnection] = set()
+
+    # ---- what a subclass provides ------------------------------------------------------------
+
+    def _new_connection(self) -> asyncio.Protocol:
+        raise NotImplementedError
+
+    def _handshake_timeout(self) -> float:
+        return 60.0
+
+    # ---- connections ---------------------------------------------------------------------------
+
+    def _track(self, conn: TrackedConnection) -> None:
+        self._connections.add(conn)
+        if conn.task is not None:
+            conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        if self._server is not None:
+            raise RuntimeError("already started")
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if self.implicit_tls:
+            kwargs["ssl"] = self.ssl_context
+            kwargs["ssl_handshake_timeout"] = self._handshake_timeout()
+        self._server = await loop.create_server(
+            self._new_connection, self.host, self.port, **kwargs
+        )
+        self._log.info(
+            "event=listen addresses=%s tls=%s",
+            ",".join(f"{a[0]}:{a[1]}" for a in self.addresses),
+            "implicit" if self.implicit_tls else (self.upgrade_name if self.ssl_context else "no"),
+        )
+
+    # ---- asyncio.AbstractServer / asyncio.Server look-alike ----------------------------------
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets, as ``asyncio.Server.sockets`` (empty before start)."""
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._server is None:
+            raise RuntimeError("not started")
+        return self._server.get_loop()
+
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    async def start_serving(self) -> None:
+        if self._server is None:
+            await self.start()
+        else:
+            await self._server.start_serving()
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    def close(self) -> None:
+        """Stop listening and end every connection (each says goodbye its own way)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+
+    async def wait_closed(self) -> None:
+        tasks = [c.task for c in list(self._connections) if c.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        if self._server is None:
+            await self.start()
+        return self
+
+    # ---- conveniences ------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[tuple[Any, ...]]:
+        return [tuple(s.getsockname()) for s in self.sockets]
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("not listening")
+        return int(addresses[0][1])
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
