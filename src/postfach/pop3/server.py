@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 import ssl
 from collections.abc import Sequence
 from typing import Final
 
-from postfach.listener import Listener
+from postfach.listener import Listener, StreamConnection
 from postfach.pop3.session import Pop3Backend, Pop3Session, Pop3Settings, is_loopback_address
 
 __all__ = ["Pop3Server", "start_pop3_server"]
@@ -29,89 +28,16 @@ log = logging.getLogger("postfach.pop3")
 # Replies up to this size are joined into one write; bigger ones go chunk by chunk (no copy).
 _JOIN_MAX = 256 * 1024
 
-_READ_HIGH_WATER: Final = 64 * 1024  # stop reading from a client that sends faster than we parse
 _WRITE_HIGH_WATER: Final = 256 * 1024  # wait for the client to read before processing more
 _CLOSE_TIMEOUT: Final = 5.0  # how long a graceful close (TLS shutdown, flush) may take
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(StreamConnection):
     """Buffers bytes in, offers awaitable read/drain, and runs the session in its own task."""
 
     def __init__(self, server: Pop3Server) -> None:
+        super().__init__(server)
         self._server = server
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._inbuf = bytearray()
-        self._reading_paused = False
-        self._eof = False
-        self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._data_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self.conn_id = secrets.token_hex(4)
-        self.task: asyncio.Task[None] | None = None
-
-    # ---- asyncio.Protocol callbacks ----------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self.task = self._loop.create_task(self._run())
-        self._server._track(self)
-
-    def data_received(self, data: bytes) -> None:
-        self._inbuf += data
-        if len(self._inbuf) > _READ_HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
-            if self._transport is not None:
-                self._transport.pause_reading()
-        self._wake_reader()
-
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        self._wake_reader()
-        # Keep a plain TCP connection half-open so replies to the last commands still go out;
-        # the task closes it. (TLS transports cannot do half-close and ignore the answer.)
-        tls = self._transport is not None and self._transport.get_extra_info("sslcontext")
-        return None if tls else True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._lost.done():
-            self._lost.set_result(None)
-        self._wake_reader()
-        self._wake_writer()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_writer()
-
-    # ---- awaitable I/O -----------------------------------------------------------------------
-
-    def _wake_reader(self) -> None:
-        if self._data_waiter is not None and not self._data_waiter.done():
-            self._data_waiter.set_result(None)
-
-    def _wake_writer(self) -> None:
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-
-    async def _read(self) -> bytes:
-        """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone."""
-        while not self._inbuf and not self._eof and not self._lost.done():
-            self._data_waiter = self._loop.create_future()
-            try:
-                await self._data_waiter
-            finally:
-                self._data_waiter = None
-        data = bytes(self._inbuf)
-        self._inbuf.clear()
-        if self._reading_paused and self._transport is not None:
-            self._reading_paused = False
-            self._transport.resume_reading()
-        return data
 
     def _write(self, chunks: tuple[bytes, ...]) -> None:
         if self._transport is None or self._transport.is_closing():
