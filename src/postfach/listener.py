@@ -169,6 +169,33 @@ class StreamConnection(asyncio.Protocol):
     async def _run(self) -> None:
         raise NotImplementedError
 
+    async def upgrade_tls(self) -> None:
+        """STLS/STARTTLS after the positive reply. Must not yield before ``loop.start_tls``."""
+        listener = self._listener
+        ctx, transport = listener.ssl_context, self._transport
+        assert ctx is not None and transport is not None
+        self._inbuf.clear()  # plaintext pipelined after the command: injection attempt or junk
+        new_transport = await self._loop.start_tls(
+            transport,
+            self,
+            ctx,
+            server_side=True,
+            ssl_handshake_timeout=listener._handshake_timeout(),
+        )
+        if new_transport is None:  # pragma: no cover - only on a closed transport
+            raise ConnectionResetError("connection closed during TLS handshake")
+        self._transport = new_transport
+        self._reading_paused = False
+        # Keep _inbuf: it can already hold the client's first command sent over TLS together
+        # with the end of the handshake (only plaintext from before the upgrade is dropped).
+        listener._log.info(
+            "conn=%s event=%s version=%s cipher=%s",
+            self.conn_id,
+            listener.upgrade_name,
+            new_transport.get_extra_info("ssl_object").version(),
+            (new_transport.get_extra_info("cipher") or ("?",))[0],
+        )
+
     def shutdown(self) -> None:
         raise NotImplementedError
 

@@ -145,31 +145,9 @@ class _Connection(StreamConnection):
                 )
 
     async def _start_tls(self, session: Pop3Session) -> None:
-        """Upgrade after ``+OK`` to STLS. Must not yield before ``loop.start_tls`` runs."""
-        ctx = self._server.ssl_context
-        transport = self._transport
-        assert ctx is not None and transport is not None
-        self._inbuf.clear()  # plaintext pipelined after STLS: injection attempt or junk
-        new_transport = await self._loop.start_tls(
-            transport,
-            self,
-            ctx,
-            server_side=True,
-            ssl_handshake_timeout=min(60.0, self._server.settings.autologout),
-        )
-        if new_transport is None:  # pragma: no cover - only on a closed transport
-            raise ConnectionResetError("connection closed during TLS handshake")
-        self._transport = new_transport
-        self._reading_paused = False
-        # Keep _inbuf: it can already hold the client's first command sent over TLS together
-        # with the end of the handshake (only plaintext from before the upgrade is dropped).
+        """Upgrade after ``+OK`` to STLS (RFC 2595 §4)."""
+        await self.upgrade_tls()
         session.tls_started()
-        log.info(
-            "conn=%s event=stls version=%s cipher=%s",
-            self.conn_id,
-            new_transport.get_extra_info("ssl_object").version(),
-            (new_transport.get_extra_info("cipher") or ("?",))[0],
-        )
 
     async def _close_transport(self) -> None:
         transport = self._transport
