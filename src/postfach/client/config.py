@@ -34,7 +34,7 @@ import base64
 import binascii
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -217,26 +217,7 @@ def _account(name: str, v: Mapping[str, Any], where: str) -> AccountConfig:
             f'{where}: policy "delete-when-deleted-locally" needs a maildir target'
         )
 
-    command = v.get("password_command")
-    if isinstance(command, list):
-        if not command or not all(isinstance(a, str) and a for a in command):
-            raise FetchConfigError(f"{where}: password_command must be a string or a list")
-        command = tuple(command)
-    elif command is not None:
-        command = string("password_command")
-    password_file = string("password_file")
-    if (command is None) == (password_file is None):
-        raise FetchConfigError(f"{where}: set exactly one of password_command or password_file")
-
-    fp_text = string("fingerprint")
-    fingerprint = None
-    if fp_text is not None:
-        try:
-            fingerprint = parse_fingerprint(fp_text)
-        except FetchConfigError as exc:
-            raise FetchConfigError(f"{where}: {exc}") from None
-    if tls == "none" and (fingerprint is not None or "ca_file" in v):
-        raise FetchConfigError(f'{where}: fingerprint and ca_file need tls = "tls" or "starttls"')
+    command, password_file, fingerprint = secrets_and_pin(v, string, where, tls)
 
     quota_value = v.get("server_quota", 0)
     try:
@@ -255,3 +236,36 @@ def _account(name: str, v: Mapping[str, Any], where: str) -> AccountConfig:
         warn_after_runs=integer("warn_after_runs", 5, 0, 1000), server_quota=quota,
         timeout=float(timeout),
     )  # fmt: skip
+
+
+def secrets_and_pin(
+    v: Mapping[str, Any],
+    string: Callable[[str], str | None],
+    where: str,
+    tls: object,
+) -> tuple[str | tuple[str, ...] | None, str | None, bytes | None]:
+    """``password_command`` or ``password_file`` (exactly one), and the ``fingerprint`` pin.
+
+    Shared by ``fetch.toml`` and ``sync.toml``; raises FetchConfigError naming ``where``.
+    """
+    command: str | tuple[str, ...] | None
+    raw = v.get("password_command")
+    if isinstance(raw, list):
+        if not raw or not all(isinstance(a, str) and a for a in raw):
+            raise FetchConfigError(f"{where}: password_command must be a string or a list")
+        command = tuple(raw)
+    else:
+        command = string("password_command") if raw is not None else None
+    password_file = string("password_file")
+    if (command is None) == (password_file is None):
+        raise FetchConfigError(f"{where}: set exactly one of password_command or password_file")
+    fp_text = string("fingerprint")
+    fingerprint = None
+    if fp_text is not None:
+        try:
+            fingerprint = parse_fingerprint(fp_text)
+        except FetchConfigError as exc:
+            raise FetchConfigError(f"{where}: {exc}") from None
+    if tls == "none" and (fingerprint is not None or "ca_file" in v):
+        raise FetchConfigError(f'{where}: fingerprint and ca_file need tls = "tls" or "starttls"')
+    return command, password_file, fingerprint

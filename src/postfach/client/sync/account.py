@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from postfach.client.config import parse_fingerprint
+from postfach.client.config import secrets_and_pin
 from postfach.client.errors import FetchConfigError
 
 __all__ = ["SyncAccount", "SyncConfig", "SyncConfigError", "default_state_path", "parse_config"]
@@ -139,26 +139,10 @@ def _account(name: str, v: Mapping[str, Any], where: str) -> SyncAccount:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise SyncConfigError(f"{where}: port must be a whole number from 1 to 65535")
 
-    command = v.get("password_command")
-    if isinstance(command, list):
-        if not command or not all(isinstance(a, str) and a for a in command):
-            raise SyncConfigError(f"{where}: password_command must be a string or a list")
-        command = tuple(command)
-    elif command is not None:
-        command = string("password_command")
-    password_file = string("password_file")
-    if (command is None) == (password_file is None):
-        raise SyncConfigError(f"{where}: set exactly one of password_command or password_file")
-
-    fp_text = string("fingerprint")
-    fingerprint = None
-    if fp_text is not None:
-        try:
-            fingerprint = parse_fingerprint(fp_text)
-        except FetchConfigError as exc:
-            raise SyncConfigError(f"{where}: {exc}") from None
-    if tls == "none" and (fingerprint is not None or "ca_file" in v):
-        raise SyncConfigError(f'{where}: fingerprint and ca_file need tls = "tls" or "starttls"')
+    try:
+        command, password_file, fingerprint = secrets_and_pin(v, string, where, tls)
+    except FetchConfigError as exc:
+        raise SyncConfigError(str(exc)) from None
 
     timeout = v.get("timeout", 60)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 1:
