@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint unit net interop bench clean
+.PHONY: serve test lint unit net interop reliability bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +21,19 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Fast pure tests first, then real sockets, then real mail programs (one pytest run, in order).
+# Fast pure tests first, then real sockets, then real mail programs, then server processes that
+# are killed, traced and attacked (issue 6). One pytest run, in that order.
 test: lint
-	$(BIN)/pytest tests/unit tests/net tests/interop
+	$(BIN)/pytest tests/unit tests/net tests/interop tests/reliability
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 net: $(STAMP)
 	$(BIN)/pytest tests/net
+
+reliability: $(STAMP)
+	$(BIN)/pytest tests/reliability
 
 interop: $(STAMP)
 	$(BIN)/pytest tests/interop
