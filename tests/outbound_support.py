@@ -6,6 +6,7 @@ import asyncio
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -41,6 +42,20 @@ class PeerHandler:
     messages: list[Received] = field(default_factory=list)
     active: int = 0
     max_active: int = 0
+    hide_extensions: set[str] = field(default_factory=set)  # e.g. {"8BITMIME"}: a 7-bit server
+    ehlos: int = 0
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        self.ehlos += 1
+        session.host_name = hostname
+        return [r for r in responses if r[4:].split(" ")[0].upper() not in self.hide_extensions]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -78,13 +93,20 @@ class Peer:
     """An aiosmtpd server in its own thread and loop, on 127.0.0.1 and an ephemeral port."""
 
     def __init__(
-        self, directory: Path, *, credentials: tuple[str, str] | None = None, tls: bool = True
+        self,
+        directory: Path,
+        *,
+        credentials: tuple[str, str] | None = None,
+        tls: bool = True,
+        tls_context: ssl.SSLContext | None = None,
+        smtputf8: bool = False,
     ) -> None:
         self.handler = PeerHandler()
         cert, key = directory / "peer-cert.pem", directory / "peer-key.pem"
         ensure_self_signed(cert, key, "peer.test")
         self.cert = cert
-        self._tls = server_context(cert, key) if tls else None
+        self._tls = tls_context or (server_context(cert, key) if tls else None)
+        self._smtputf8 = smtputf8
         self._credentials = credentials
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -108,6 +130,7 @@ class Peer:
             authenticator=self._authenticator if self._credentials else None,
             auth_required=self._credentials is not None,
             auth_require_tls=self._credentials is not None,
+            enable_SMTPUTF8=self._smtputf8,
         )
 
     def _run(self, ready: threading.Event) -> None:

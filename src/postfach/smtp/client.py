@@ -188,7 +188,16 @@ class SmtpClient:
         last: Reply = _temporary("4.4.1", f"No answer from any mail server for {domain}")
         for hop in route:
             try:
-                return await self._send_via(hop, envelope, rcpts, message)
+                try:
+                    return await self._send_via(hop, envelope, rcpts, message)
+                except _TlsFailed as exc:
+                    # Opportunistic TLS (RFC 7435, Postfix's ``may``): a failed handshake is no
+                    # reason to stop; the same host once more, in plaintext.
+                    log.warning(
+                        "event=outbound_tls_fallback domain=%s host=%s address=%s reason=%r",
+                        domain, hop.host, hop.address, exc.reply.text[:200],
+                    )  # fmt: skip
+                    return await self._send_via(hop, envelope, rcpts, message, tls=False)
             except _TryNext as exc:
                 last = exc.reply
                 log.info(
@@ -198,10 +207,18 @@ class SmtpClient:
         return SendResult({r.id: last for r in rcpts})
 
     async def _send_via(
-        self, hop: Hop, env: Envelope, rcpts: Sequence[QueuedRecipient], message: bytes
+        self,
+        hop: Hop,
+        env: Envelope,
+        rcpts: Sequence[QueuedRecipient],
+        message: bytes,
+        *,
+        tls: bool = True,
     ) -> SendResult:
         relay = self.relay is not None and hop.host == self.relay.host and self.relay is not None
         mode = self.relay.tls if relay and self.relay is not None else "opportunistic"
+        if not tls and mode == "opportunistic":
+            mode = "none"  # the plaintext retry after a failed opportunistic handshake
         ctx = self._tls_context(relay)
         client = aiosmtplib.SMTP(
             hostname=hop.address,
@@ -245,8 +262,7 @@ class SmtpClient:
         try:
             await client.ehlo()
             if mode in ("starttls", "opportunistic") and client.supports_extension("starttls"):
-                await client.starttls(server_hostname=name, tls_context=ctx)
-                await client.ehlo()
+                await self._starttls(client, name, mode, ctx)
             elif mode == "starttls":
                 raise _TryNext(_temporary("4.7.0", f"{name} offers no STARTTLS", name))
             if relay and self.relay is not None and self.relay.username:
@@ -312,11 +328,35 @@ class SmtpClient:
             lost = _temporary("4.4.2", f"Connection to {name} lost: {exc}", name)
             return SendResult({r.id: replies.get(r.id, lost) for r in rcpts})
 
+    async def _starttls(
+        self, client: aiosmtplib.SMTP, name: str, mode: str, ctx: ssl.SSLContext
+    ) -> None:
+        """RFC 3207. A reply other than 220 leaves the session in plaintext: opportunistic TLS
+        goes on without it, ``tls = "starttls"`` tries the next host. A failed handshake leaves
+        the connection unusable: opportunistic TLS redials in plaintext (`_TlsFailed`)."""
+        try:
+            await client.starttls(server_hostname=name, tls_context=ctx)
+        except aiosmtplib.SMTPResponseException as exc:
+            if mode == "starttls":
+                raise _TryNext(_from_exc(exc, name)) from exc
+            log.warning("event=outbound_starttls_refused host=%s reply=%r", name, exc.message[:200])
+            return
+        except (OSError, ssl.SSLError, aiosmtplib.SMTPException) as exc:
+            failed = _temporary("4.7.0", f"TLS handshake with {name} failed: {exc}", name)
+            if mode == "opportunistic":
+                raise _TlsFailed(failed) from exc
+            raise _TryNext(failed) from exc
+        await client.ehlo()
+
 
 class _TryNext(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.line())
         self.reply = reply
+
+
+class _TlsFailed(_TryNext):
+    """The STARTTLS handshake with an MX failed: redial the same host without TLS."""
 
 
 def _from_exc(exc: aiosmtplib.SMTPResponseException, remote: str) -> Reply:

@@ -1,0 +1,109 @@
+"""How the outbound client talks to a peer it cannot fully trust: a STARTTLS handshake that fails
+(opportunistic TLS falls back to plaintext once; a smarthost with ``tls = "starttls"`` does not)
+and a 7-bit peer (8-bit bodies are converted to quoted-printable, UTF-8 headers bounce 5.6.7)."""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from outbound_support import FakeResolver, Peer, wait_for
+from postfach.store.api import INBOX
+from support import PASSWORD, RunningServer, start_server
+
+ALICE = "alice@example.org"
+CAROL = "carol@remote.test"
+FAST = "[queue]\nfirst_retry = 0.2\npoll = 0.1\n"
+
+
+def inbox(server: RunningServer) -> list[bytes]:
+    acc = server.store.get_account(ALICE)
+    assert acc is not None
+    mb = server.store.get_mailbox(acc.id, INBOX)
+    assert mb is not None
+    return [server.store.read_blob(m.blob) for m in server.store.list_messages(mb.id)]
+
+
+def submit(server: RunningServer, msg: bytes, rcpts: tuple[str, ...] = (CAROL,)) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as s:
+        s.ehlo("client.example")
+        s.login(ALICE, PASSWORD)
+        assert s.sendmail(ALICE, list(rcpts), msg, ["BODY=8BITMIME"]) == {}
+
+
+def plain(subject: str = "hello") -> bytes:
+    return f"From: <{ALICE}>\r\nTo: <{CAROL}>\r\nSubject: {subject}\r\n\r\nHello.\r\n".encode()
+
+
+def broken_tls() -> ssl.SSLContext:
+    """A server context without a certificate: every handshake fails (no shared cipher)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Any]:
+    started: list[RunningServer] = []
+    peers: list[Peer] = []
+
+    def make(toml: str = FAST, **peer_kw: Any) -> tuple[RunningServer, Peer]:
+        peer = Peer(tmp_path, **peer_kw)
+        peers.append(peer)
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        (data / "postfach.toml").write_text(toml.replace("PEERPORT", str(peer.port)))
+        res = FakeResolver(
+            mx={"remote.test": [(10, "mx.remote.test")]},
+            addresses={"mx.remote.test": ["127.0.0.1"]},
+        )
+        srv = start_server(data, app_options={"resolver": res, "mx_port": peer.port})
+        started.append(srv)
+        srv.add_user(ALICE)
+        return srv, peer
+
+    yield make
+    for s in started:
+        s.stop()
+    for p in peers:
+        p.stop()
+
+
+# ---- STARTTLS failures -------------------------------------------------------------------------
+
+
+def test_failed_opportunistic_handshake_retries_the_same_mx_in_plaintext(
+    servers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="postfach.smtp.client")
+    srv, peer = servers(tls_context=broken_tls())
+    submit(srv, plain("over plaintext"))
+    wait_for(lambda: peer.messages, what="delivery after the TLS failure")
+    [got] = peer.messages
+    assert not got.tls and got.rcpt_tos == [CAROL] and b"Subject: over plaintext" in got.data
+    assert peer.handler.ehlos == 2  # the failed TLS session, then one plaintext session
+    fallbacks = [r for r in caplog.records if "event=outbound_tls_fallback" in r.getMessage()]
+    assert len(fallbacks) == 1 and "mx.remote.test" in fallbacks[0].getMessage()
+    wait_for(lambda: srv.app.queue.messages() == [], what="queue empty")
+    assert inbox(srv) == []
+
+
+def test_starttls_smarthost_never_falls_back_to_plaintext(servers: Any) -> None:
+    toml = FAST + '[relay]\nhost = "127.0.0.1"\nport = PEERPORT\ntls = "starttls"\nverify = false\n'
+    srv, peer = servers(toml, tls_context=broken_tls())
+    submit(srv, plain())
+
+    def deferred() -> bool:
+        m = srv.app.queue.messages()
+        return bool(m) and m[0].recipients[0].attempts >= 2
+
+    wait_for(deferred, what="two deferred attempts")
+    [queued] = srv.app.queue.messages()
+    assert "4.7.0" in (queued.recipients[0].last_reply or "")
+    assert "TLS handshake" in (queued.recipients[0].last_reply or "")
+    assert peer.messages == []  # nothing went out in plaintext
+    assert inbox(srv) == []  # deferred, not bounced
