@@ -12,7 +12,9 @@ as the MX listener does with `DeliveryTxn`: ``start → add_rcpt → submit``. P
   local mailbox is accepted at RCPT and the sender gets a DSN with 5.2.2 in their INBOX, unless
   ``refuse_full_mailbox`` makes RCPT refuse it instead;
 * remote recipients are written to the queue (durable) before the client gets its ``250``;
-* the message is DKIM-signed for its From domain when a signer is configured;
+* the message is DKIM-signed for its From domain when a signer is configured; an 8-bit body is
+  made 7-bit (quoted-printable/base64, `postfach.mime.downconvert`) before signing, so that no
+  server on the way needs to convert it and break the signature;
 * a copy goes to the sender's Sent folder when the account asks for it (``sent_copy = auto``),
   after a window in which the client's own APPEND of the same Message-ID wins.
 """
@@ -39,6 +41,7 @@ from postfach.delivery import (
 )
 from postfach.dsn import FailedRecipient
 from postfach.errors import OverQuota, SmtpError, StoreError
+from postfach.mime.downconvert import has_8bit, to_7bit
 from postfach.mime.structure import normalize_crlf
 from postfach.queue.bounce import Bouncer
 from postfach.queue.schedule import NOTIFY_FAILURE, NOTIFY_SUCCESS, notify_set
@@ -161,6 +164,11 @@ class SubmitTxn:
         froms = header_addresses(message, "From") or [self.mail_from]
         if s.signer is not None:
             domain = froms[0].rpartition("@")[2]
+            if has_8bit(message):
+                # A signature covers the body as sent; a relay without 8BITMIME would have to
+                # convert it later and break the signature. Converting now (RFC 6376 §5.3
+                # recommends it) keeps it valid on every path.
+                message = await loop.run_in_executor(None, to_7bit, message)
             try:
                 message = await loop.run_in_executor(None, s.signer, message, domain)
             except Exception:

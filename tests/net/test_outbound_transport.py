@@ -4,6 +4,7 @@ and a 7-bit peer (8-bit bodies are converted to quoted-printable, UTF-8 headers 
 
 from __future__ import annotations
 
+import email
 import logging
 import smtplib
 import ssl
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 
 from outbound_support import FakeResolver, Peer, wait_for
@@ -30,11 +32,12 @@ def inbox(server: RunningServer) -> list[bytes]:
     return [server.store.read_blob(m.blob) for m in server.store.list_messages(mb.id)]
 
 
-def submit(server: RunningServer, msg: bytes, rcpts: tuple[str, ...] = (CAROL,)) -> None:
+def submit(server: RunningServer, msg: bytes, utf8: bool = False) -> None:
     with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as s:
         s.ehlo("client.example")
         s.login(ALICE, PASSWORD)
-        assert s.sendmail(ALICE, list(rcpts), msg, ["BODY=8BITMIME"]) == {}
+        options = ["BODY=8BITMIME", *(["SMTPUTF8"] if utf8 else [])]
+        assert s.sendmail(ALICE, [CAROL], msg, options) == {}
 
 
 def plain(subject: str = "hello") -> bytes:
@@ -107,3 +110,88 @@ def test_starttls_smarthost_never_falls_back_to_plaintext(servers: Any) -> None:
     assert "TLS handshake" in (queued.recipients[0].last_reply or "")
     assert peer.messages == []  # nothing went out in plaintext
     assert inbox(srv) == []  # deferred, not bounced
+
+
+# ---- 8-bit bodies and 7-bit servers -----------------------------------------------------------
+
+NO_DKIM = FAST + "[submission]\ndkim = false\n"
+TEXT = "Grüße aus Köln \u2013 Straße, Café, naïve résumé.\r\n" * 30
+HTML = "<p>Grüße \u2013 schön</p>\r\n"
+
+
+def eight_bit() -> bytes:
+    return (
+        f"From: <{ALICE}>\r\nTo: <{CAROL}>\r\nSubject: umlauts\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
+        "--alt\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+        f"\r\n{TEXT}--alt\r\nContent-Type: text/html; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: 8bit\r\n\r\n{HTML}--alt--\r\n"
+    ).encode()
+
+
+def texts(data: bytes) -> list[str]:
+    msg = email.message_from_bytes(data)
+    out = []
+    for part in msg.walk():
+        if part.get_content_maintype() == "text":
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            out.append(payload.decode("utf-8").replace("\r\n", "\n"))
+    return out
+
+
+EXPECTED = [TEXT.replace("\r\n", "\n")[:-1], HTML.replace("\r\n", "\n")[:-1]]
+
+
+def test_8bit_goes_out_unchanged_to_a_server_with_8bitmime(servers: Any) -> None:
+    srv, peer = servers(NO_DKIM)
+    submit(srv, eight_bit())
+    wait_for(lambda: peer.messages, what="delivery")
+    [got] = peer.messages
+    assert "BODY=8BITMIME" in got.mail_options
+    assert texts(eight_bit()) == EXPECTED  # what the receivers below must decode
+    assert got.data.endswith(eight_bit())  # after our Received header: byte for byte
+
+
+def test_8bit_is_converted_for_a_server_without_8bitmime(servers: Any) -> None:
+    srv, peer = servers(NO_DKIM)
+    peer.handler.hide_extensions = {"8BITMIME"}
+    submit(srv, eight_bit())
+    wait_for(lambda: peer.messages, what="delivery")
+    [got] = peer.messages
+    assert not any(o.startswith("BODY=") for o in got.mail_options)
+    assert max(got.data) < 0x80  # 7-bit clean
+    assert b"Content-Transfer-Encoding: quoted-printable" in got.data
+    assert b"Subject: umlauts\r\n" in got.data and b'boundary="alt"' in got.data
+    assert texts(got.data) == EXPECTED
+
+
+def test_a_dkim_signed_8bit_message_is_converted_before_signing(servers: Any) -> None:
+    """The signature must survive a 7-bit hop: submission converts first, then signs."""
+    srv, peer = servers()
+    peer.handler.hide_extensions = {"8BITMIME"}
+    submit(srv, eight_bit())
+    wait_for(lambda: peer.messages, what="delivery")
+    [got] = peer.messages
+    assert max(got.data) < 0x80 and texts(got.data) == EXPECTED
+    txt = srv.app.outbound.signer.__self__.dns_value("example.org").encode()  # type: ignore
+    assert dkim.verify(got.data, dnsfunc=lambda name, timeout=5: txt)
+
+
+def test_utf8_headers_bounce_with_5_6_9_when_smtputf8_is_missing(servers: Any) -> None:
+    srv, peer = servers(NO_DKIM)
+    msg = f"From: <{ALICE}>\r\nTo: <{CAROL}>\r\nSubject: Grüße\r\n\r\nHallo.\r\n".encode()
+    submit(srv, msg, utf8=True)
+    wait_for(lambda: inbox(srv), what="a DSN")
+    [dsn] = inbox(srv)
+    assert b"Status: 5.6.9" in dsn and b"Final-Recipient: rfc822; carol@remote.test" in dsn
+    assert peer.messages == []
+
+
+def test_utf8_headers_go_out_with_smtputf8_when_offered(servers: Any) -> None:
+    srv, peer = servers(NO_DKIM, smtputf8=True)
+    msg = f"From: <{ALICE}>\r\nTo: <{CAROL}>\r\nSubject: Grüße\r\n\r\nHallo.\r\n".encode()
+    submit(srv, msg, utf8=True)
+    wait_for(lambda: peer.messages, what="delivery")
+    [got] = peer.messages
+    assert "SMTPUTF8" in got.mail_options and "Subject: Grüße".encode() in got.data

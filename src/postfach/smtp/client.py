@@ -30,6 +30,7 @@ import dns.resolver
 
 from postfach.config import RelayConfig
 from postfach.dsn import xtext_encode
+from postfach.mime.downconvert import eight_bit_headers, has_8bit, to_7bit
 from postfach.queue.runner import Envelope, SendResult
 from postfach.queue.schedule import Reply, parse_reply
 from postfach.queue.store import QueuedRecipient
@@ -277,14 +278,33 @@ class SmtpClient:
             raise _TryNext(failed) from exc
 
         dsn = client.supports_extension("dsn")
-        options = [f"SIZE={len(message)}"]
-        if client.supports_extension("8bitmime") and any(b > 0x7F for b in message):
-            options.append("BODY=8BITMIME")
-        utf8 = not (env.sender.isascii() and all(r.address.isascii() for r in rcpts))
-        if utf8:
-            if not client.supports_extension("smtputf8"):
+        utf8_addresses = not (env.sender.isascii() and all(r.address.isascii() for r in rcpts))
+        eight = has_8bit(message)
+        utf8_headers = eight and eight_bit_headers(message)
+        if (utf8_addresses or utf8_headers) and not client.supports_extension("smtputf8"):
+            # RFC 6531 §3.2 / RFC 6532: neither can be made 7-bit without changing the message.
+            if utf8_addresses:
                 fail = Reply(553, "5.6.7", f"{name} does not support SMTPUTF8 addresses", name)
-                return SendResult({r.id: fail for r in rcpts})
+            else:
+                fail = Reply(
+                    554, "5.6.9", f"{name} does not support SMTPUTF8 (UTF-8 header fields)", name
+                )
+            return SendResult({r.id: fail for r in rcpts})
+        if eight and not client.supports_extension("8bitmime"):
+            # RFC 6152 §3: convert rather than send 8-bit data to a 7-bit server. (Submission
+            # already did this before DKIM signing, so a signed message never gets here 8-bit.)
+            size = len(message)
+            message = await asyncio.to_thread(to_7bit, message)
+            eight = has_8bit(message)
+            log.info(
+                "event=outbound_downconverted host=%s size=%d converted_size=%d",
+                name, size, len(message),
+            )  # fmt: skip
+        options = [f"SIZE={len(message)}"]
+        if eight and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        utf8 = utf8_addresses or utf8_headers
+        if utf8:
             options.append("SMTPUTF8")
         if dsn:
             if env.ret:
