@@ -12,7 +12,8 @@ Concurrency rules (read these before changing anything here):
   before the data is durable, and every session was told before the client could ask.
 * Readers use one connection per thread and never wait for the writer (WAL snapshots).
 * Blob files: a large message is written by the caller to ``blobs/tmp`` and fsynced; the writer
-  renames it into ``blobs/ab/cd/<sha256>`` inside the op and fsyncs the directory before COMMIT.
+  renames it into ``blobs/ab/cd/<sha256>`` inside the op and fsyncs the directory (and the parent
+  of any directory it had to create) before COMMIT.
   Only the writer thread creates or removes final blob paths, so a blob being freed and the same
   blob arriving again can never race. Files whose last reference went away are unlinked after the
   COMMIT that dropped the reference.
@@ -504,10 +505,15 @@ class SqliteMailstore:
             with contextlib.suppress(FileNotFoundError):
                 blob.tmp_path.unlink()
             return
+        # The new name needs its directory fsynced, and so does every directory made for it
+        # (``blobs/ab`` is an entry of ``blobs``). Noted before mkdir: an op failing after it
+        # leaves the directory behind, and later ops will not see it as new.
+        batch.fsync_dirs.add(final.parent)
+        for d in (final.parent.parent, final.parent):
+            if not d.exists():
+                batch.fsync_dirs.add(d.parent)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(blob.tmp_path, final)
-        batch.fsync_dirs.add(final.parent)
-        batch.fsync_dirs.add(final.parent.parent)
 
     def _unref_blob(self, conn: sqlite3.Connection, batch: _Batch, sha: str, n: int = 1) -> None:
         row = conn.execute("SELECT refs, data IS NULL FROM blobs WHERE sha256=?", (sha,)).fetchone()
