@@ -243,6 +243,16 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -501,11 +511,13 @@ class SqliteMailstore:
             return
         final = self.blob_path(blob.sha256)
         if final.exists():
+            # Left by an op that never committed (the process was killed): complete (it was
+            # fsynced before the rename), but its directory entry may not be durable yet.
             with contextlib.suppress(FileNotFoundError):
                 blob.tmp_path.unlink()
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(blob.tmp_path, final)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(blob.tmp_path, final)
         batch.fsync_dirs.add(final.parent)
         batch.fsync_dirs.add(final.parent.parent)
 
@@ -1603,6 +1615,35 @@ class SqliteMailstore:
         return uids
 
     # ---- consistency --------------------------------------------------------------------------
+
+    def sweep_leftovers(self) -> tuple[int, int]:
+        """Remove what a killed process left behind: staged temp files of processes that no
+        longer run, and blob files no row references (renamed into place by an op whose
+        transaction never committed, or freed by a commit whose unlink never ran). Run by the
+        server at start; returns (temp files, blob files) removed."""
+        return self._write(self._op_sweep)
+
+    def _op_sweep(self, conn: sqlite3.Connection, batch: _Batch) -> tuple[int, int]:
+        # Under the write lock: no op of any process is between its rename and its COMMIT.
+        temps = 0
+        for path in self.tmp_dir.iterdir():
+            parts = path.name.split(".")
+            pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+            if pid is not None and _process_exists(pid):
+                continue  # being staged by a live process (this one, or an import)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                temps += 1
+        known = {r[0] for r in conn.execute("SELECT sha256 FROM blobs WHERE data IS NULL")}
+        orphans = 0
+        for path in self.blob_dir.glob("??/??/*"):
+            if path.name not in known:
+                # Now, under the lock, not after COMMIT: once the lock is released another
+                # process may store this very content and reuse the file.
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    orphans += 1
+        return temps, orphans
 
     def check(self, repair: bool = False) -> CheckReport:
         """Recompute quota usage and blob reference counts from the messages; report drift."""
