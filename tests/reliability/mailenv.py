@@ -90,7 +90,8 @@ def database_problems(data: Path) -> list[str]:
             if (ub, um) != (real_b, real_m):
                 problems.append(f"quota {name}: counters {ub}/{um}, stored {real_b}/{real_m}")
         for sha, size, data_blob, msize in conn.execute(
-            "SELECT b.sha256, b.size, b.data, m.size FROM messages m JOIN blobs b ON b.sha256=m.blob"
+            "SELECT b.sha256, b.size, b.data, m.size"
+            " FROM messages m JOIN blobs b ON b.sha256=m.blob"
         ):
             if data_blob is not None:
                 content = bytes(data_blob)

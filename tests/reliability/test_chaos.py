@@ -208,7 +208,9 @@ def observe(
         flags = _flags(data[b"FLAGS"])
         modseq = int(data[b"MODSEQ"][0])
         if marker in seen:
-            ledger.problem(f"{account} {mailbox}: {marker} stored twice (UIDs {seen[marker][0]}, {uid})")
+            ledger.problem(
+                f"{account} {mailbox}: {marker} stored twice (UIDs {seen[marker][0]}, {uid})"
+            )
         seen[marker] = (uid, flags, data.get(b"BODY[]"))
         ledger.see_uid(account, mailbox, uv, uid, marker)
         if hms is not None and modseq > hms:
@@ -229,7 +231,9 @@ def observe(
         with ledger.lock:
             cp.uid = uid
             if (True, flags) not in cp.states:
-                ledger.problems.append(f"{account} {marker}: flags {sorted(flags)} not in {cp.states}")
+                ledger.problems.append(
+                    f"{account} {marker}: flags {sorted(flags)} not in {cp.states}"
+                )
             elif marker in settled:
                 cp.states = {(True, flags)}  # what is committed now; no one else changes it
     for marker, present in settled.items():
@@ -268,11 +272,15 @@ class Worker:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def new_copies(self, accounts: list[str], mailbox: str, via: str, flags: frozenset[str]) -> tuple[str, bytes, list[Copy]]:
+    def new_copies(
+        self, accounts: list[str], mailbox: str, via: str, flags: frozenset[str]
+    ) -> tuple[str, bytes, list[Copy]]:
         marker = f"m{next(_markers)}"
         size = self.rng.choice((300, 1500, 6000, 90_000) if via == "smtp" else (400, 3000, 80_000))
         msg = message(marker, size)
-        copies = [Copy(a, mailbox, marker, len(msg), via, {ABSENT, (True, flags)}) for a in accounts]
+        copies = [
+            Copy(a, mailbox, marker, len(msg), via, {ABSENT, (True, flags)}) for a in accounts
+        ]
         with self.ledger.lock:
             for cp in copies:
                 self.ledger.copies[(cp.account, marker)] = cp
@@ -478,7 +486,9 @@ class Worker:
                 assert cp.uid is not None
                 num, uidvalidity = listing[cp.uid]
                 if uv is not None and uidvalidity != uv:
-                    self.ledger.problem(f"POP3 UIDL of {own} has UIDVALIDITY {uidvalidity}, IMAP {uv}")
+                    self.ledger.problem(
+                        f"POP3 UIDL of {own} has UIDVALIDITY {uidvalidity}, IMAP {uv}"
+                    )
                 p.dele(num)
             quit_sent = True
             p.quit()
@@ -510,16 +520,24 @@ def verify_final(chaos: Chaos, ledger: Ledger, accounts: list[str]) -> Counter[s
         for mailbox in MAILBOXES:
             seen = observe(ledger, c, account, mailbox, body=True)
             with ledger.lock:
-                copies = [cp for (a, _), cp in ledger.copies.items() if a == account and cp.mailbox == mailbox]
+                copies = [
+                    cp
+                    for (a, _), cp in ledger.copies.items()
+                    if a == account and cp.mailbox == mailbox
+                ]
             for cp in copies:
                 assert not cp.pending
                 if cp.marker in seen:
                     final["present"] += 1
-                    uid, flags, body = seen[cp.marker]
+                    _uid, flags, body = seen[cp.marker]
                     if (True, flags) not in cp.states:
-                        ledger.problem(f"final {account} {cp.marker}: {sorted(flags)} not in {cp.states}")
+                        ledger.problem(
+                            f"final {account} {cp.marker}: {sorted(flags)} not in {cp.states}"
+                        )
                     sent = message(cp.marker, cp.size)  # rebuilds the same bytes
-                    if body is None or not (body == sent if cp.via == "append" else body.endswith(sent)):
+                    if body is None or not (
+                        body == sent if cp.via == "append" else body.endswith(sent)
+                    ):
                         ledger.problem(f"final {account} {cp.marker}: stored bytes differ")
                 else:
                     final["absent"] += 1
@@ -527,11 +545,15 @@ def verify_final(chaos: Chaos, ledger: Ledger, accounts: list[str]) -> Counter[s
                         ledger.problem(f"final {account} {mailbox}: {cp.marker} lost ({cp.states})")
                     elif cp.dsn_allowed and cp.states == {(True, frozenset()), ABSENT}:
                         if not any(f"<{cp.marker}@" in d and account in d for d in dsns):
-                            ledger.problem(f"final {account}: {cp.marker} neither stored nor bounced")
+                            ledger.problem(
+                                f"final {account}: {cp.marker} neither stored nor bounced"
+                            )
                         final["bounced"] += 1
         c.logout()
     for group in ledger.groups:
-        present = {cp.marker for cp in group if any(s[0] for s in cp.states) and not _absent_now(cp)}
+        present = {
+            cp.marker for cp in group if any(s[0] for s in cp.states) and not _absent_now(cp)
+        }
         if present and len(present) != len(group):
             ledger.problem(f"deletion not atomic: {[cp.marker for cp in group]}, {present} left")
     return final
