@@ -47,14 +47,12 @@ def message(marker: str, size: int, *, subject: str = "chaos") -> bytes:
         f"Subject: {subject} {marker}\r\nMessage-ID: <{marker}@chaos.test>\r\n"
         f"X-Chaos-Id: {marker}\r\n\r\n"
     ).encode()
-    rng = random.Random(marker)
-    lines: list[bytes] = []
-    total = len(head)
-    while total < size:
-        line = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz .,") for _ in range(70)).encode()
-        lines.append(line + b"\r\n")
-        total += 72
-    return head + b"".join(lines)
+    lines = max(0, -(-(size - len(head)) // 72))
+    body = random.Random(marker).randbytes(lines * 70).translate(_LETTERS)
+    return head + b"".join(body[i : i + 70] + b"\r\n" for i in range(0, len(body), 70))
+
+
+_LETTERS = bytes(b"abcdefghijklmnopqrstuvwxyz .,"[i % 29] for i in range(256))
 
 
 def run_check(data: Path) -> subprocess.CompletedProcess[str]:
