@@ -526,8 +526,11 @@ def verify_final(chaos: Chaos, ledger: Ledger, accounts: list[str]) -> Counter[s
     c.logout()
     for account in accounts:
         _gen, c = chaos.connect(lambda srv, a=account: imap_client(srv, a))  # type: ignore[misc]
+        octets = count = 0
         for mailbox in MAILBOXES:
             seen = observe(ledger, c, account, mailbox, body=True)
+            octets += sum(len(body or b"") for _u, _f, body in seen.values())
+            count += len(seen)
             with ledger.lock:
                 copies = [
                     cp
@@ -558,6 +561,10 @@ def verify_final(chaos: Chaos, ledger: Ledger, accounts: list[str]) -> Counter[s
                                 f"final {account}: {cp.marker} neither stored nor bounced"
                             )
                         final["bounced"] += 1
+        # Quota as the client sees it (RFC 9208): usage is what is stored, nothing more.
+        usage = {q.resource.upper(): q.usage for q in c.get_quota_root("INBOX")[1]}
+        if usage != {"STORAGE": (octets + 1023) // 1024, "MESSAGE": count}:
+            ledger.problem(f"quota of {account}: {usage}, stored {octets} octets in {count}")
         c.logout()
     return final
 
@@ -571,7 +578,7 @@ def test_sigkill_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     accounts = [f"user{i}@{DOMAIN}" for i in range(5)]
     # A small message quota keeps accounts near full, so refusals (552 at RCPT, NO [OVERQUOTA])
     # happen all along; a few messages above 64 KiB are blob files (rename + directory fsync).
-    make_accounts(data, accounts, quota_bytes=1_000_000, quota_messages=12)
+    make_accounts(data, accounts, quota_bytes=1_000_000, quota_messages=20)
     make_accounts(data, [SENDER])
     ledger = Ledger()
     chaos = Chaos(data)
