@@ -74,6 +74,9 @@ class App:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._stopped.set)
         self.store = store = open_store(cfg.data_dir)
+        temps, orphans = store.sweep_leftovers()  # after a crash: files no commit kept
+        if temps or orphans:
+            log.info("event=swept_leftovers temp_files=%d blob_files=%d", temps, orphans)
         self.hub.bind(asyncio.get_running_loop())
         store.set_publisher(self.hub.publish)
         try:

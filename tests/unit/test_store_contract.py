@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from postfach.errors import AlreadyExists, NotFound, OverQuota, StoreError
+from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
 from postfach.store.api import INBOX, Change, Flag, MessageAdded, MessagesExpunged
 from postfach.store.sqlite import AppendItem, SqliteMailstore
 
@@ -438,3 +439,71 @@ def test_a_caller_giving_up_does_not_stop_the_writer(store: SqliteMailstore) -> 
     assert not store.is_local_domain("abandoned.example")
     store.add_domain("later.example")  # the writer is still alive
     assert store.is_local_domain("later.example")
+
+
+def test_disk_full_fails_its_batch_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """SQLITE_FULL rolls the whole transaction back by itself (not just the op's savepoint):
+    every op of that group fails with DiskFull, blob files it moved into place are removed,
+    quota counters are untouched, and the next group commits (the writer is not wedged)."""
+    s = SqliteMailstore(tmp_path / "data", inline_max=1_000_000, index_text=False)
+    try:
+        s.add_domain("example.org")
+        acc = s.add_account("a@example.org", "h")
+        deliver(s, ["a@example.org"], msg(0))
+        (pages,) = s.submit(
+            lambda conn, batch: conn.execute("PRAGMA page_count").fetchone()
+        ).result(10)
+        limit = s.submit(
+            lambda conn, batch: conn.execute(f"PRAGMA max_page_count={pages + 8}").fetchone()
+        )
+        limit.result(10)
+        s.inline_max = 1024
+        as_file = s.stage(msg(1, size=5000))  # a large message: a file the writer renames
+        s.inline_max = 1_000_000
+        gate, running = threading.Event(), threading.Event()
+
+        def blocker(conn: sqlite3.Connection, batch: object) -> None:
+            running.set()
+            gate.wait(10)
+
+        blocked = s.submit(blocker)
+        assert running.wait(10)  # the next four ops queue up behind it: one group
+        group = [
+            s.submit(s._op_deliver, [acc.id], s.stage(msg(2)), 0, INBOX, Flag.NONE),
+            s.submit(s._op_deliver, [acc.id], as_file, 0, INBOX, Flag.NONE),
+            s.submit(s._op_deliver, [acc.id], s.stage(msg(3, size=400_000)), 0, INBOX, Flag.NONE),
+            s.submit(s._op_deliver, [acc.id], s.stage(msg(4)), 0, INBOX, Flag.NONE),
+        ]
+        gate.set()
+        blocked.result(10)
+        errors = [f.exception(timeout=10) for f in group]
+        assert all(isinstance(e, DiskFull) for e in errors), errors
+        assert len(s.list_messages(inbox(s, "a@example.org"))) == 1
+        account = s.get_account("a@example.org")
+        assert account is not None and account.used_messages == 1
+        assert not list(s.blob_dir.glob("??/??/*"))
+        assert s.check().clean
+        s.submit(lambda conn, batch: conn.execute("PRAGMA max_page_count=1073741823")).result(10)
+        assert deliver(s, ["a@example.org"], msg(5, size=400_000)) == [None]
+        assert len(s.list_messages(inbox(s, "a@example.org"))) == 2
+        assert s.check().clean
+    finally:
+        s.close()
+
+
+def test_sweep_removes_what_a_killed_process_left(store: SqliteMailstore) -> None:
+    store.add_account("a@example.org", "h")
+    deliver(store, ["a@example.org"], msg(1, size=5000))  # a referenced blob file
+    kept = list(store.blob_dir.glob("??/??/*"))
+    orphan = store.blob_path("ab" * 32)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"renamed into place, never committed")
+    stale = store.tmp_dir / f"{'cd' * 32}.999999999.1.1"
+    stale.write_bytes(b"staged by a killed process")
+    live = store.tmp_dir / f"{'ef' * 32}.{os.getpid()}.1.1"
+    live.write_bytes(b"being staged right now")
+    assert not store.check().clean  # the orphan file is drift
+    assert store.sweep_leftovers() == (1, 1)
+    assert not orphan.exists() and not stale.exists() and live.exists()
+    assert list(store.blob_dir.glob("??/??/*")) == kept
+    assert store.check().clean

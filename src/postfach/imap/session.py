@@ -47,7 +47,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from postfach import __version__ as _VERSION
 from postfach.auth.sasl import SaslError, SaslExchange, encode_base64, is_cancel, start_exchange
-from postfach.errors import AlreadyExists, NotFound, OverQuota, StoreError
+from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
 from postfach.imap import commands as c
 from postfach.imap.fetch import (
     UnknownCte,
@@ -315,6 +315,7 @@ EXTENSIONS: Final = (
 )
 
 #: ENABLE-able extensions (RFC 5161 and each extension's RFC).
+DISK_FULL_TEXT: Final = "not enough disk space on the server; try again later"
 ENABLEABLE: Final = frozenset({"IMAP4REV2", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT"})
 
 SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -645,6 +646,13 @@ class ImapSession:
             return
         except (ConnectionError, asyncio.CancelledError):
             raise
+        except DiskFull:
+            # RFC 5530 has no code for a full disk; OVERQUOTA (what Dovecot answers too) tells
+            # the client that the data did not fit, and the text that this is temporary.
+            log.warning("conn=%s event=disk-full cmd=%s", self._conn_id, name)
+            self._flush_updates(expunge=False)
+            self._tagged(cmd.tag, "NO", "OVERQUOTA", DISK_FULL_TEXT)
+            return
         except Exception:
             log.exception("conn=%s event=internal-error cmd=%s", self._conn_id, name)
             self._flush_updates(expunge=False)

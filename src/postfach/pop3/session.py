@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from postfach.auth.sasl import MECHANISMS, SaslError, SaslExchange, is_cancel, start_exchange
-from postfach.errors import MailboxInUse, Pop3Err
+from postfach.errors import DiskFull, MailboxInUse, Pop3Err
 from postfach.pop3.protocol import (
     ALLOWED,
     COMMANDS,
@@ -509,6 +509,9 @@ class Pop3Session:
         deleted = frozenset(self._deleted)
         try:
             await maildrop.commit(deleted)
+        except DiskFull:
+            log.warning("conn=%s event=commit-failed reason=disk-full", self._conn_id)
+            return _reply(err("some deleted messages not removed", "SYS/TEMP"), close=True)
         except Exception:
             log.exception("conn=%s event=commit-failed account=%r", self._conn_id, self._account)
             return _reply(err("some deleted messages not removed", "SYS/TEMP"), close=True)

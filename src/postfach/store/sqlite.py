@@ -221,6 +221,13 @@ class _Batch:
     changes: list[Change] = field(default_factory=list)
     unlink: set[Path] = field(default_factory=set)
     fsync_dirs: set[Path] = field(default_factory=set)
+    placed: list[Path] = field(default_factory=list)  # blob files moved into place (undo list)
+
+
+class _TransactionLost(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(slots=True)
@@ -242,6 +249,20 @@ def _is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def _as_store_error(exc: BaseException) -> BaseException:
+    return DiskFull(str(exc)) if _is_disk_full(exc) else exc
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -381,39 +402,44 @@ class SqliteMailstore:
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         batch = _Batch()
-        outcomes: list[tuple[_Op, Any, BaseException | None, int]] = []
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
-            err = DiskFull(str(exc)) if _is_disk_full(exc) else exc
-            for op in ops:
-                op.future.set_exception(err)
+            self._abandon(conn, batch, ops, exc)
             return
         for op in ops:
-            mark = len(batch.changes)
-            conn.execute("SAVEPOINT op")
+            mark, placed = len(batch.changes), len(batch.placed)
             try:
-                result = op.fn(conn, batch, *op.args)
-            except BaseException as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                del batch.changes[mark:]
-                err = DiskFull(str(exc)) if _is_disk_full(exc) else exc
-                outcomes.append((op, None, err, mark))
-            else:
-                conn.execute("RELEASE op")
-                outcomes.append((op, result, None, mark))
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op.fn(conn, batch, *op.args)
+                except BaseException as exc:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back itself (SQLITE_FULL,
+                        # SQLITE_IOERR, ...): the ops before this one are undone as well.
+                        raise _TransactionLost(exc) from exc
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    del batch.changes[mark:]
+                    self._unplace(conn, batch.placed[placed:])
+                    del batch.placed[placed:]
+                    outcomes.append((op, None, _as_store_error(exc)))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, result, None))
+            except _TransactionLost as lost:
+                self._abandon(conn, batch, ops, lost.cause)
+                return
+            except BaseException as exc:  # the savepoint statements themselves failed
+                self._abandon(conn, batch, ops, exc)
+                return
         try:
             for d in batch.fsync_dirs:
                 _fsync_dir(d)
             conn.execute("COMMIT")
         except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            err = DiskFull(str(exc)) if _is_disk_full(exc) else exc
-            log.error("event=commit_failed ops=%d error=%r", len(ops), exc)
-            for op, _r, _e, _m in outcomes:
-                op.future.set_exception(err)
+            self._abandon(conn, batch, ops, exc)
             return
         for path in batch.unlink:
             with contextlib.suppress(FileNotFoundError):
@@ -426,11 +452,44 @@ class SqliteMailstore:
                 self._publish(batch.changes)
             except Exception:
                 log.exception("event=publish_failed")
-        for op, result, error, _m in outcomes:
+        for op, result, error in outcomes:
             if error is not None:
                 op.future.set_exception(error)
             else:
                 op.future.set_result(result)
+
+    def _abandon(
+        self, conn: sqlite3.Connection, batch: _Batch, ops: list[_Op], exc: BaseException
+    ) -> None:
+        """The group's transaction cannot commit: roll it back, remove the blob files its ops
+        moved into place, and fail every op of the group (none of them happened). The writer
+        goes on with the next group, so a full disk fails writes until there is room again
+        and never wedges the store."""
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        log.error("event=batch_failed ops=%d error=%r", len(ops), exc)
+        if batch.placed:
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # reads nothing uncommitted; no other writer
+                try:
+                    self._unplace(conn, batch.placed)
+                finally:
+                    conn.execute("ROLLBACK")
+            except (sqlite3.Error, OSError):
+                log.warning("event=unplace_failed files=%d", len(batch.placed))
+        err = _as_store_error(exc)
+        for op in ops:
+            op.future.set_exception(err)
+
+    def _unplace(self, conn: sqlite3.Connection, paths: Sequence[Path]) -> None:
+        """Remove blob files moved into place by ops that were rolled back, unless a row
+        (committed, or of an earlier op of this group) refers to the same content."""
+        for path in paths:
+            if conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (path.name,)).fetchone():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def close(self) -> None:
         if self._closed:
@@ -502,18 +561,22 @@ class SqliteMailstore:
             return
         final = self.blob_path(blob.sha256)
         if final.exists():
+            # Left by an op that never committed (the process was killed): complete (it was
+            # fsynced before the rename), but its directory entry may not be durable yet.
             with contextlib.suppress(FileNotFoundError):
                 blob.tmp_path.unlink()
-            return
-        # The new name needs its directory fsynced, and so does every directory made for it
-        # (``blobs/ab`` is an entry of ``blobs``). Noted before mkdir: an op failing after it
-        # leaves the directory behind, and later ops will not see it as new.
+        else:
+            # Every directory made for the new name is an entry of its parent and needs that
+            # parent fsynced (``blobs/ab`` is an entry of ``blobs``). Noted before mkdir: an op
+            # failing after it leaves the directory behind, and later ops will not see it new.
+            for d in (final.parent.parent, final.parent):
+                if not d.exists():
+                    batch.fsync_dirs.add(d.parent)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(blob.tmp_path, final)
+        batch.placed.append(final)
         batch.fsync_dirs.add(final.parent)
-        for d in (final.parent.parent, final.parent):
-            if not d.exists():
-                batch.fsync_dirs.add(d.parent)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(blob.tmp_path, final)
+        batch.fsync_dirs.add(final.parent.parent)
 
     def _unref_blob(self, conn: sqlite3.Connection, batch: _Batch, sha: str, n: int = 1) -> None:
         row = conn.execute("SELECT refs, data IS NULL FROM blobs WHERE sha256=?", (sha,)).fetchone()
@@ -1609,6 +1672,35 @@ class SqliteMailstore:
         return uids
 
     # ---- consistency --------------------------------------------------------------------------
+
+    def sweep_leftovers(self) -> tuple[int, int]:
+        """Remove what a killed process left behind: staged temp files of processes that no
+        longer run, and blob files no row references (renamed into place by an op whose
+        transaction never committed, or freed by a commit whose unlink never ran). Run by the
+        server at start; returns (temp files, blob files) removed."""
+        return self._write(self._op_sweep)
+
+    def _op_sweep(self, conn: sqlite3.Connection, batch: _Batch) -> tuple[int, int]:
+        # Under the write lock: no op of any process is between its rename and its COMMIT.
+        temps = 0
+        for path in self.tmp_dir.iterdir():
+            parts = path.name.split(".")
+            pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+            if pid is not None and _process_exists(pid):
+                continue  # being staged by a live process (this one, or an import)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                temps += 1
+        known = {r[0] for r in conn.execute("SELECT sha256 FROM blobs WHERE data IS NULL")}
+        orphans = 0
+        for path in self.blob_dir.glob("??/??/*"):
+            if path.name not in known:
+                # Now, under the lock, not after COMMIT: once the lock is released another
+                # process may store this very content and reuse the file.
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    orphans += 1
+        return temps, orphans
 
     def check(self, repair: bool = False) -> CheckReport:
         """Recompute quota usage and blob reference counts from the messages; report drift."""
