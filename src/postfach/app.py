@@ -32,6 +32,7 @@ from postfach.queue.runner import QueueRunner
 from postfach.queue.schedule import Schedule
 from postfach.queue.store import QueueStore
 from postfach.smtp.client import Resolver, SmtpClient
+from postfach.smtp.graceful import DATA_GRACE, SmtpListener
 from postfach.smtp.handler import make_smtp_factory
 from postfach.smtp.submission import make_submission_factory
 from postfach.store.hub import Hub
@@ -39,6 +40,10 @@ from postfach.store.sqlite import SqliteMailstore
 from postfach.tls import ensure_self_signed, server_context
 
 log = logging.getLogger(__name__)
+
+#: how long a stopping server waits for its connections to finish before dropping them (must
+#: exceed the SMTP DATA grace; the whole stop stays under 10 s)
+STOP_GRACE = DATA_GRACE + 2.0
 
 
 def _account_wants_copy(store: SqliteMailstore, name: str) -> bool:
@@ -138,7 +143,7 @@ class App:
                     lmtp=lmtp,
                     timeout=cfg.smtp_timeout,
                 )
-                await self._listen(name, addr, loop.create_server(factory, *addr))
+                await self._listen(name, addr, SmtpListener(factory).start(*addr))
             for name, addr, implicit in (
                 ("submission", ls.submission, False),
                 ("submissions", ls.submissions, True),
@@ -159,7 +164,7 @@ class App:
                 await self._listen(
                     name,
                     addr,
-                    loop.create_server(sub_factory, *addr, ssl=tls if implicit else None),
+                    SmtpListener(sub_factory).start(*addr, ssl=tls if implicit else None),
                 )
             for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
                 if addr is None:
@@ -243,11 +248,24 @@ class App:
             self._stopped.set()
 
     async def stop(self) -> None:
+        """Graceful stop (SIGTERM): stop accepting; commands being processed finish and are
+        answered; every client is told (``421``, ``* BYE``, ``-ERR``); a DATA transfer gets
+        `DATA_GRACE` seconds; whoever is left after `STOP_GRACE` is dropped. Then the queue
+        runner stops and the store writer commits what it was given."""
         for server in self.servers.values():
             server.close()
-        for server in self.servers.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), timeout=5)
+        waiting = [asyncio.ensure_future(server.wait_closed()) for server in self.servers.values()]
+        if waiting:
+            _done, late = await asyncio.wait(waiting, timeout=STOP_GRACE)
+            if late:
+                log.warning("event=stop_abort listeners=%d", len(late))
+                for server in self.servers.values():
+                    abort = getattr(server, "abort", None)
+                    if abort is not None:
+                        abort()
+                await asyncio.wait(late, timeout=1.0)
+                for task in late:
+                    task.cancel()
         self.servers.clear()
         if self.runner is not None:
             await self.runner.stop()

@@ -18,6 +18,7 @@ Log lines are ``key=value`` with a per-connection id; passwords and SASL data ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import ssl
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from postfach.imap.session import ImapBackend, ImapSession, ImapSettings, is_loopback_address
-from postfach.listener import Listener, StreamConnection
+from postfach.listener import Listener, ServerStopping, StreamConnection
 
 __all__ = ["ImapServer", "start_imap_server"]
 
@@ -121,6 +122,10 @@ class _Connection(StreamConnection):
                         await self.drain()
             else:
                 reason = session.close_reason
+        except ServerStopping:
+            reason = "shutdown"
+            with contextlib.suppress(ConnectionError):
+                session.shutdown_bye()
         except asyncio.CancelledError:
             reason = "shutdown"
             if self.session is not None:
@@ -159,10 +164,6 @@ class _Connection(StreamConnection):
         except asyncio.CancelledError:
             transport.abort()
             raise
-
-    def shutdown(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
 
 
 class ImapServer(Listener):
