@@ -10,13 +10,16 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
+import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
 
+from postfach import privileges
 from postfach.auth.passwords import Authenticator
-from postfach.config import Address, Config, ConfigError
+from postfach.config import Address, Config, ConfigError, listener_items
 from postfach.datadir import StartupError, open_store
 from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
@@ -78,6 +81,20 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._stopped.set)
+        # As root: bind every listener now, then become [server] user for good.
+        bound: dict[str, socket.socket] = {}
+        run_as = privileges.plan(cfg)
+        if run_as is not None:
+            privileges.prepare_data_dir(cfg.data_dir, run_as)
+            try:
+                for lname, laddr in listener_items(cfg.listeners):
+                    if lname != "http":
+                        bound[lname] = _bind(lname, laddr)
+                privileges.drop(run_as)
+            except BaseException:
+                for sock in bound.values():
+                    sock.close()
+                raise
         self.store = store = open_store(cfg.data_dir)
         self.hub.bind(asyncio.get_running_loop())
         store.set_publisher(self.hub.publish)
@@ -143,7 +160,9 @@ class App:
                     lmtp=lmtp,
                     timeout=cfg.smtp_timeout,
                 )
-                await self._listen(name, addr, SmtpListener(factory).start(*addr))
+                await self._listen(
+                    name, addr, SmtpListener(factory).start(*addr, sock=bound.get(name))
+                )
             for name, addr, implicit in (
                 ("submission", ls.submission, False),
                 ("submissions", ls.submissions, True),
@@ -164,7 +183,9 @@ class App:
                 await self._listen(
                     name,
                     addr,
-                    SmtpListener(sub_factory).start(*addr, ssl=tls if implicit else None),
+                    SmtpListener(sub_factory).start(
+                        *addr, sock=bound.get(name), ssl=tls if implicit else None
+                    ),
                 )
             for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
                 if addr is None:
@@ -186,6 +207,7 @@ class App:
                         addr[1],
                         ssl_context=tls,
                         implicit_tls=implicit,
+                        sock=bound.get(name),
                     ),
                 )
             imap_backend = ImapBackend(store, self.hub, auth.authenticate)
@@ -212,9 +234,12 @@ class App:
                         addr[1],
                         ssl_context=tls,
                         implicit_tls=implicit,
+                        sock=bound.get(name),
                     ),
                 )
             runner.start()
+            if os.geteuid() == 0:
+                log.warning("event=running_as_root hint=set [server] user or POSTFACH_USER")
         except BaseException:
             await self.stop()
             raise
@@ -223,16 +248,7 @@ class App:
         try:
             server = await coro  # type: ignore[misc]
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                why = "address already in use"
-            elif exc.errno == errno.EACCES:
-                why = "permission denied"
-            else:
-                why = exc.strerror or str(exc)
-            raise StartupError(
-                f"cannot listen on {addr[0]}:{addr[1]} for {name}: {why}"
-                f" (set POSTFACH_{name.upper()}=HOST:PORT or off)"
-            ) from None
+            raise _listen_error(name, addr, exc) from None
         self.servers[name] = server
         sock = server.sockets[0].getsockname()
         self.addresses[name] = (sock[0], sock[1])
@@ -276,6 +292,30 @@ class App:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def _listen_error(name: str, addr: Address, exc: OSError) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        why = "address already in use"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied"
+    else:
+        why = exc.strerror or str(exc)
+    return StartupError(
+        f"cannot listen on {addr[0]}:{addr[1]} for {name}: {why}"
+        f" (set POSTFACH_{name.upper()}=HOST:PORT or off)"
+    )
+
+
+def _bind(name: str, addr: Address) -> socket.socket:
+    """A listening socket bound now (before dropping root), as ``loop.create_server`` would."""
+    try:
+        family = socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server(addr, family=family, backlog=100)
+    except OSError as exc:
+        raise _listen_error(name, addr, exc) from None
+    sock.setblocking(False)
+    return sock
 
 
 def check_config(cfg: Config) -> None:

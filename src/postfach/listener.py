@@ -53,6 +53,8 @@ class Listener(asyncio.AbstractServer):
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()
+        #: a socket bound beforehand (by a server that drops root after binding)
+        self.sock: socket.socket | None = None
 
     # ---- what a subclass provides ------------------------------------------------------------
 
@@ -78,9 +80,12 @@ class Listener(asyncio.AbstractServer):
         if self.implicit_tls:
             kwargs["ssl"] = self.ssl_context
             kwargs["ssl_handshake_timeout"] = self._handshake_timeout()
-        self._server = await loop.create_server(
-            self._new_connection, self.host, self.port, **kwargs
-        )
+        if self.sock is not None:
+            self._server = await loop.create_server(self._new_connection, sock=self.sock, **kwargs)
+        else:
+            self._server = await loop.create_server(
+                self._new_connection, self.host, self.port, **kwargs
+            )
         self._log.info(
             "event=listen addresses=%s tls=%s",
             ",".join(f"{a[0]}:{a[1]}" for a in self.addresses),

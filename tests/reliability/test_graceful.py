@@ -187,7 +187,7 @@ def test_sigterm_racing_commands_answered_means_done(tmp_path: Path) -> None:
     positive reply means the change is stored, and every client hears a goodbye or a reply."""
     data = _data(tmp_path, messages=2)
     server = spawn(data)
-    big = b"Subject: appended\r\n\r\n" + b"x" * 70 + b"\r\n" * 2000
+    big = b"Subject: appended\r\n\r\n" + (b"x" * 70 + b"\r\n") * 2000
     try:
         pop = _connect(server.port("pop3"))
         assert _line(pop).startswith(b"+OK")

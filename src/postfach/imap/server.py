@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from typing import Final
@@ -207,10 +208,12 @@ async def start_imap_server(
     port: int = 143,
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
+    sock: socket.socket | None = None,
 ) -> ImapServer:
     """Create and start an ImapServer; stop it with ``close()`` and ``await wait_closed()``."""
     server = ImapServer(
         backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
     )
+    server.sock = sock
     await server.start()
     return server

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from typing import Final
@@ -211,10 +212,12 @@ async def start_pop3_server(
     port: int = 110,
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
+    sock: socket.socket | None = None,
 ) -> Pop3Server:
     """Create and start a Pop3Server; stop it with ``close()`` and ``await wait_closed()``."""
     server = Pop3Server(
         backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
     )
+    server.sock = sock
     await server.start()
     return server

@@ -125,9 +125,14 @@ class SmtpListener(asyncio.AbstractServer):
         self._sessions.add(proto)
         return proto
 
-    async def start(self, host: str, port: int, **kwargs: Any) -> SmtpListener:
+    async def start(
+        self, host: str, port: int, *, sock: socket.socket | None = None, **kwargs: Any
+    ) -> SmtpListener:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self.protocol, host, port, **kwargs)
+        if sock is not None:  # bound beforehand (see postfach.privileges)
+            self._server = await loop.create_server(self.protocol, sock=sock, **kwargs)
+        else:
+            self._server = await loop.create_server(self.protocol, host, port, **kwargs)
         return self
 
     def _live(self) -> list[SMTP]:
