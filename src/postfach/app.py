@@ -10,13 +10,16 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
+import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
 
+from postfach import privileges
 from postfach.auth.passwords import Authenticator
-from postfach.config import Address, Config, ConfigError
+from postfach.config import Address, Config, ConfigError, listener_items
 from postfach.datadir import StartupError, open_store
 from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
@@ -32,6 +35,7 @@ from postfach.queue.runner import QueueRunner
 from postfach.queue.schedule import Schedule
 from postfach.queue.store import QueueStore
 from postfach.smtp.client import Resolver, SmtpClient
+from postfach.smtp.graceful import DATA_GRACE, SmtpListener
 from postfach.smtp.handler import make_smtp_factory
 from postfach.smtp.submission import make_submission_factory
 from postfach.store.hub import Hub
@@ -39,6 +43,10 @@ from postfach.store.sqlite import SqliteMailstore
 from postfach.tls import ensure_self_signed, server_context
 
 log = logging.getLogger(__name__)
+
+#: how long a stopping server waits for its connections to finish before dropping them (must
+#: exceed the SMTP DATA grace; the whole stop stays under 10 s)
+STOP_GRACE = DATA_GRACE + 2.0
 
 
 def _account_wants_copy(store: SqliteMailstore, name: str) -> bool:
@@ -73,6 +81,20 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._stopped.set)
+        # As root: bind every listener now, then become [server] user for good.
+        bound: dict[str, socket.socket] = {}
+        run_as = privileges.plan(cfg)
+        if run_as is not None:
+            privileges.prepare_data_dir(cfg.data_dir, run_as)
+            try:
+                for lname, laddr in listener_items(cfg.listeners):
+                    if lname != "http":
+                        bound[lname] = _bind(lname, laddr)
+                privileges.drop(run_as)
+            except BaseException:
+                for sock in bound.values():
+                    sock.close()
+                raise
         self.store = store = open_store(cfg.data_dir)
         temps, orphans = store.sweep_leftovers()  # after a crash: files no commit kept
         if temps or orphans:
@@ -141,7 +163,9 @@ class App:
                     lmtp=lmtp,
                     timeout=cfg.smtp_timeout,
                 )
-                await self._listen(name, addr, loop.create_server(factory, *addr))
+                await self._listen(
+                    name, addr, SmtpListener(factory).start(*addr, sock=bound.get(name))
+                )
             for name, addr, implicit in (
                 ("submission", ls.submission, False),
                 ("submissions", ls.submissions, True),
@@ -162,7 +186,9 @@ class App:
                 await self._listen(
                     name,
                     addr,
-                    loop.create_server(sub_factory, *addr, ssl=tls if implicit else None),
+                    SmtpListener(sub_factory).start(
+                        *addr, sock=bound.get(name), ssl=tls if implicit else None
+                    ),
                 )
             for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
                 if addr is None:
@@ -184,6 +210,7 @@ class App:
                         addr[1],
                         ssl_context=tls,
                         implicit_tls=implicit,
+                        sock=bound.get(name),
                     ),
                 )
             imap_backend = ImapBackend(store, self.hub, auth.authenticate)
@@ -210,9 +237,12 @@ class App:
                         addr[1],
                         ssl_context=tls,
                         implicit_tls=implicit,
+                        sock=bound.get(name),
                     ),
                 )
             runner.start()
+            if os.geteuid() == 0:
+                log.warning("event=running_as_root hint=set [server] user or POSTFACH_USER")
         except BaseException:
             await self.stop()
             raise
@@ -221,16 +251,7 @@ class App:
         try:
             server = await coro  # type: ignore[misc]
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                why = "address already in use"
-            elif exc.errno == errno.EACCES:
-                why = "permission denied"
-            else:
-                why = exc.strerror or str(exc)
-            raise StartupError(
-                f"cannot listen on {addr[0]}:{addr[1]} for {name}: {why}"
-                f" (set POSTFACH_{name.upper()}=HOST:PORT or off)"
-            ) from None
+            raise _listen_error(name, addr, exc) from None
         self.servers[name] = server
         sock = server.sockets[0].getsockname()
         self.addresses[name] = (sock[0], sock[1])
@@ -246,11 +267,24 @@ class App:
             self._stopped.set()
 
     async def stop(self) -> None:
+        """Graceful stop (SIGTERM): stop accepting; commands being processed finish and are
+        answered; every client is told (``421``, ``* BYE``, ``-ERR``); a DATA transfer gets
+        `DATA_GRACE` seconds; whoever is left after `STOP_GRACE` is dropped. Then the queue
+        runner stops and the store writer commits what it was given."""
         for server in self.servers.values():
             server.close()
-        for server in self.servers.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), timeout=5)
+        waiting = [asyncio.ensure_future(server.wait_closed()) for server in self.servers.values()]
+        if waiting:
+            _done, late = await asyncio.wait(waiting, timeout=STOP_GRACE)
+            if late:
+                log.warning("event=stop_abort listeners=%d", len(late))
+                for server in self.servers.values():
+                    abort = getattr(server, "abort", None)
+                    if abort is not None:
+                        abort()
+                await asyncio.wait(late, timeout=1.0)
+                for task in late:
+                    task.cancel()
         self.servers.clear()
         if self.runner is not None:
             await self.runner.stop()
@@ -261,6 +295,30 @@ class App:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def _listen_error(name: str, addr: Address, exc: OSError) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        why = "address already in use"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied"
+    else:
+        why = exc.strerror or str(exc)
+    return StartupError(
+        f"cannot listen on {addr[0]}:{addr[1]} for {name}: {why}"
+        f" (set POSTFACH_{name.upper()}=HOST:PORT or off)"
+    )
+
+
+def _bind(name: str, addr: Address) -> socket.socket:
+    """A listening socket bound now (before dropping root), as ``loop.create_server`` would."""
+    try:
+        family = socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server(addr, family=family, backlog=100)
+    except OSError as exc:
+        raise _listen_error(name, addr, exc) from None
+    sock.setblocking(False)
+    return sock
 
 
 def check_config(cfg: Config) -> None:

@@ -114,6 +114,7 @@ class Config:
     relay: RelayConfig | None = None
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig = SubmissionConfig()
+    user: str | None = None  # [server] user: whom a server started as root becomes
 
     @property
     def cert_path(self) -> Path:
@@ -195,7 +196,7 @@ def load_config(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
     known = {"hostname", "listen", "limits", "quota", "auth", "tls", "timeouts"}
-    known |= {"relay", "queue", "submission"}
+    known |= {"relay", "queue", "submission", "server"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown section or key {sorted(unknown)[0]!r}")
@@ -255,6 +256,12 @@ def load_config(
         updates["queue"] = _queue(raw["queue"])
     if "submission" in raw:
         updates["submission"] = _submission(raw["submission"])
+    if "server" in raw:
+        server = _table(raw["server"], "server", {"user"})
+        if "user" in server:
+            updates["user"] = str(server["user"]).strip() or None
+    if env.get("POSTFACH_USER"):
+        updates["user"] = env["POSTFACH_USER"].strip()
     if "POSTFACH_POP3_AUTOLOGOUT" in env:
         updates["pop3_autologout"] = _number(env["POSTFACH_POP3_AUTOLOGOUT"], "autologout")
     return replace(cfg, **updates)

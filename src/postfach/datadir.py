@@ -21,9 +21,13 @@ class StartupError(RuntimeError):
 def open_store(data_dir: Path) -> SqliteMailstore:
     """Open (and on first use initialise) the data directory; one clear error if we cannot."""
     try:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise StartupError(f"data directory {data_dir} is not a directory")
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not os.access(data_dir, os.W_OK | os.X_OK):
-            raise StartupError(f"data directory {data_dir} is not writable")
+        if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
+            raise StartupError(
+                f"data directory {data_dir} is not readable and writable by uid {os.geteuid()}"
+            )
         store = SqliteMailstore(data_dir)
     except StartupError:
         raise

@@ -2,9 +2,10 @@
 
 Usable wherever an ``asyncio.AbstractServer`` is expected. ``ssl_context`` enables the in-protocol
 upgrade (STLS/STARTTLS), or with ``implicit_tls`` the variant of RFC 8314 where TLS starts at
-connect time. ``close()`` stops listening and ends every connection; ``await wait_closed()``
-waits until they are all gone. Subclasses say how a connection is made and how long a TLS
-handshake may take.
+connect time. ``close()`` stops listening and asks every connection to end at its next command
+boundary (a command being processed finishes and is answered; the protocol says goodbye);
+``await wait_closed()`` waits until they are all gone; ``abort()`` cancels what is left.
+Subclasses say how a connection is made and how long a TLS handshake may take.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ class TrackedConnection(Protocol):
     task: asyncio.Task[None] | None
 
     def shutdown(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class ServerStopping(Exception):
+    """Raised by `StreamConnection._read` once the server is stopping: say goodbye and close."""
 
 
 class Listener(asyncio.AbstractServer):
@@ -46,6 +53,8 @@ class Listener(asyncio.AbstractServer):
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()
+        #: a socket bound beforehand (by a server that drops root after binding)
+        self.sock: socket.socket | None = None
 
     # ---- what a subclass provides ------------------------------------------------------------
 
@@ -71,9 +80,12 @@ class Listener(asyncio.AbstractServer):
         if self.implicit_tls:
             kwargs["ssl"] = self.ssl_context
             kwargs["ssl_handshake_timeout"] = self._handshake_timeout()
-        self._server = await loop.create_server(
-            self._new_connection, self.host, self.port, **kwargs
-        )
+        if self.sock is not None:
+            self._server = await loop.create_server(self._new_connection, sock=self.sock, **kwargs)
+        else:
+            self._server = await loop.create_server(
+                self._new_connection, self.host, self.port, **kwargs
+            )
         self._log.info(
             "event=listen addresses=%s tls=%s",
             ",".join(f"{a[0]}:{a[1]}" for a in self.addresses),
@@ -113,6 +125,11 @@ class Listener(asyncio.AbstractServer):
             self._server.close()
         for conn in list(self._connections):
             conn.shutdown()
+
+    def abort(self) -> None:
+        """Cancel the connections still there after ``close()`` had its time."""
+        for conn in list(self._connections):
+            conn.abort()
 
     async def wait_closed(self) -> None:
         tasks = [c.task for c in list(self._connections) if c.task is not None]
@@ -163,6 +180,7 @@ class StreamConnection(asyncio.Protocol):
         self._data_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._stopping = False
         self.conn_id = secrets.token_hex(4)
         self.task: asyncio.Task[None] | None = None
 
@@ -197,7 +215,14 @@ class StreamConnection(asyncio.Protocol):
         )
 
     def shutdown(self) -> None:
-        raise NotImplementedError
+        """The server is stopping: the next ``_read`` raises `ServerStopping` (a command being
+        processed is not interrupted)."""
+        self._stopping = True
+        self._wake_reader()
+
+    def abort(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
     # ---- asyncio.Protocol callbacks ----------------------------------------------------------
 
@@ -247,13 +272,18 @@ class StreamConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     async def _read(self) -> bytes:
-        """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone."""
+        """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone.
+        Raises `ServerStopping` once `shutdown` was called."""
+        if self._stopping:
+            raise ServerStopping
         while not self._inbuf and not self._eof and not self._lost.done():
             self._data_waiter = self._loop.create_future()
             try:
                 await self._data_waiter
             finally:
                 self._data_waiter = None
+            if self._stopping:
+                raise ServerStopping
         data = bytes(self._inbuf)
         self._inbuf.clear()
         if self._reading_paused and self._transport is not None:

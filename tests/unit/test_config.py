@@ -66,6 +66,7 @@ def test_toml_file(tmp_path: Path) -> None:
         ("this is not toml", {}, "postfach.toml"),
         ("", {"POSTFACH_POP3": "localhost:abc"}, "POSTFACH_POP3: bad port"),
         ("[timeouts]\npop3_autologout = -1\n", {}, "must be positive"),
+        ('[server]\ngroup = "mail"\n', {}, "[server] has no key 'group'"),
     ],
 )
 def test_mistakes_are_one_line(
@@ -76,6 +77,13 @@ def test_mistakes_are_one_line(
         load_config(tmp_path, env=env)
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_server_user_from_file_and_environment(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={}).user is None
+    (tmp_path / "postfach.toml").write_text('[server]\nuser = "postfach"\n')
+    assert load_config(tmp_path, env={}).user == "postfach"
+    assert load_config(tmp_path, env={"POSTFACH_USER": "mail"}).user == "mail"
 
 
 def test_parse_address_forms() -> None:

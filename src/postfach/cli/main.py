@@ -78,6 +78,11 @@ class _Group(_LazyGroup):
             fail(f"permission denied: {exc.filename}")
 
 
+#: commands that keep the invoking user: `serve` binds first and drops to [server] user itself;
+#: `fetch` and `sync` work on the user's own files
+_OWN_USER_COMMANDS = {"serve", "fetch", "sync", None}
+
+
 class _Ctx:
     def __init__(self, data: Path | None) -> None:
         self.data = data
@@ -124,7 +129,8 @@ def _read_password(from_stdin: bool) -> str:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data",
-    type=click.Path(path_type=Path, file_okay=False),
+    # No checks here: the data directory's problems are reported in one line by open_store.
+    type=click.Path(path_type=Path, readable=False),
     envvar="POSTFACH_DATA",
     help="Data directory (default $XDG_DATA_HOME/postfach).",
 )
@@ -132,6 +138,13 @@ def _read_password(from_stdin: bool) -> str:
 @click.pass_context
 def cli(ctx: click.Context, data: Path | None) -> None:
     """postfach: a complete mail system (SMTP, POP3, IMAP) in one package."""
+    os.umask(0o077)  # mail, keys and the database are for the server's user only
+    if ctx.invoked_subcommand not in _OWN_USER_COMMANDS:
+        # As root, work as the data directory's owner (the user `serve` drops to), so that no
+        # database journal, blob directory or key is left that the server cannot open.
+        from postfach.privileges import become_data_owner
+
+        become_data_owner(data or default_data_dir(_env()))
     obj = _Ctx(data)
     ctx.obj = obj
     ctx.call_on_close(obj.close)

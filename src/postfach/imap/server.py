@@ -18,14 +18,16 @@ Log lines are ``key=value`` with a per-connection id; passwords and SASL data ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from typing import Final
 
 from postfach.imap.session import ImapBackend, ImapSession, ImapSettings, is_loopback_address
-from postfach.listener import Listener, StreamConnection
+from postfach.listener import Listener, ServerStopping, StreamConnection
 
 __all__ = ["ImapServer", "start_imap_server"]
 
@@ -121,6 +123,10 @@ class _Connection(StreamConnection):
                         await self.drain()
             else:
                 reason = session.close_reason
+        except ServerStopping:
+            reason = "shutdown"
+            with contextlib.suppress(ConnectionError):
+                session.shutdown_bye()
         except asyncio.CancelledError:
             reason = "shutdown"
             if self.session is not None:
@@ -159,10 +165,6 @@ class _Connection(StreamConnection):
         except asyncio.CancelledError:
             transport.abort()
             raise
-
-    def shutdown(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
 
 
 class ImapServer(Listener):
@@ -206,10 +208,12 @@ async def start_imap_server(
     port: int = 143,
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
+    sock: socket.socket | None = None,
 ) -> ImapServer:
     """Create and start an ImapServer; stop it with ``close()`` and ``await wait_closed()``."""
     server = ImapServer(
         backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
     )
+    server.sock = sock
     await server.start()
     return server

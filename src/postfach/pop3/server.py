@@ -12,13 +12,15 @@ Log lines are ``key=value`` with a per-connection id; passwords and SASL data ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from typing import Final
 
-from postfach.listener import Listener, StreamConnection
+from postfach.listener import Listener, ServerStopping, StreamConnection
 from postfach.pop3.session import Pop3Backend, Pop3Session, Pop3Settings, is_loopback_address
 
 __all__ = ["Pop3Server", "start_pop3_server"]
@@ -122,6 +124,10 @@ class _Connection(StreamConnection):
                     break
                 async with asyncio.timeout(settings.autologout):
                     await self._drain()
+        except ServerStopping:
+            reason = "shutdown"
+            with contextlib.suppress(ConnectionError):
+                self._write((session.shutdown_reply(),))
         except asyncio.CancelledError:
             reason = "shutdown"
             raise
@@ -163,10 +169,6 @@ class _Connection(StreamConnection):
         except asyncio.CancelledError:
             transport.abort()
             raise
-
-    def shutdown(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
 
 
 class Pop3Server(Listener):
@@ -210,10 +212,12 @@ async def start_pop3_server(
     port: int = 110,
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
+    sock: socket.socket | None = None,
 ) -> Pop3Server:
     """Create and start a Pop3Server; stop it with ``close()`` and ``await wait_closed()``."""
     server = Pop3Server(
         backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
     )
+    server.sock = sock
     await server.start()
     return server

@@ -244,6 +244,12 @@ class Pop3Session:
     def greeting(self) -> bytes:
         return ok(f"{self._settings.hostname} POP3 ready")
 
+    def shutdown_reply(self) -> bytes:
+        """The line to send when the server stops: no UPDATE state, so DELEs are not applied
+        (RFC 1939 §6: only QUIT in TRANSACTION enters UPDATE)."""
+        self._closing = True
+        return err("server shutting down, try again later")
+
     def autologout_reply(self) -> bytes:
         """The line to send before closing an idle connection (no UPDATE state, RFC 1939)."""
         self._closing = True

@@ -16,6 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postfach.delivery import DeliveryTxn, LocalDelivery
 from postfach.errors import SmtpError
+from postfach.smtp.graceful import GracefulSMTP
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ class _EnhancedCodes:
         await super().push(status)  # type: ignore[misc]
 
 
-class PostfachSMTP(_EnhancedCodes, SMTP):
+class PostfachSMTP(GracefulSMTP, _EnhancedCodes, SMTP):
     pass
 
 
-class PostfachLMTP(_EnhancedCodes, LMTP):
+class PostfachLMTP(GracefulSMTP, _EnhancedCodes, LMTP):
     pass
 
 

@@ -33,6 +33,7 @@ from postfach.auth.sasl import SaslError, decode_base64, parse_plain
 from postfach.dsn import RET_VALUES, parse_notify, parse_orcpt, xtext_decode
 from postfach.errors import SmtpError
 from postfach.outbound import Outbound, SubmitTxn
+from postfach.smtp.graceful import GracefulSMTP
 from postfach.smtp.handler import EHLO_LAST, S451_LOCAL_ERROR, S503_MAIL_FIRST, _EnhancedCodes
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def _is_loopback(peer: Any) -> bool:
         return False
 
 
-class SubmissionSMTP(_EnhancedCodes, SMTP):
+class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, SMTP):
     """aiosmtpd's SMTP with our AUTH mechanisms, DSN parameters and TLS policy."""
 
     def __init__(
