@@ -102,6 +102,7 @@ def test_memory_stays_bounded_under_a_flood_of_names_and_keeps_live_lockouts() -
     for i in range(500):
         t.failed(f"user{i}", f"198.51.{i // 250}.{i % 250}", 20 + i * 0.001)
     assert len(t._ips) <= 50 and len(t._accounts) <= 50 and len(t._by_key) <= 50
+    assert t.locked("z", "192.0.2.1", 21) is not None  # the running lockout survived
 
 
 # ---- the authenticator --------------------------------------------------------------------------

@@ -156,6 +156,15 @@ class LoginThrottle:
             return
         for key in [k for k, v in table.items() if self._expired(v, now)]:
             del table[key]
-        if len(table) >= self.max_entries:  # a flood of fresh names: forget the oldest half
-            for key in list(table)[: len(table) // 2]:
-                del table[key]
+        if len(table) < self.max_entries:
+            return
+        # A flood of fresh names or addresses: forget the oldest half, running lockouts last.
+        unlocked = [k for k, v in table.items() if not self._locked_now(v, now)]
+        locked = [k for k, v in table.items() if self._locked_now(v, now)]
+        keys = unlocked + locked
+        for key in keys[: len(table) // 2]:
+            del table[key]
+
+    @staticmethod
+    def _locked_now(value: _Record | _Recent, now: float) -> bool:
+        return isinstance(value, _Recent) and value.locked_until > now
