@@ -15,10 +15,12 @@ import signal
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from postfach import privileges
 from postfach.auth.passwords import Authenticator
+from postfach.auth.throttle import LoginThrottle
 from postfach.config import Address, Config, ConfigError, listener_items
 from postfach.datadir import StartupError, open_store
 from postfach.delivery import DeliverySettings, LocalDelivery
@@ -40,7 +42,7 @@ from postfach.smtp.handler import make_smtp_factory
 from postfach.smtp.submission import make_submission_factory
 from postfach.store.hub import Hub
 from postfach.store.sqlite import SqliteMailstore
-from postfach.tls import ensure_self_signed, server_context
+from postfach.tls import ReloadableTls, ensure_self_signed
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ class App:
     queue: QueueStore | None = None
     runner: QueueRunner | None = None
     outbound: Outbound | None = None
+    # Re-reads the configuration on SIGHUP (for new [tls] paths); None: keep the paths.
+    config_loader: Callable[[], Config] | None = None
+    tls: ReloadableTls | None = None
     _stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -81,6 +86,8 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._stopped.set)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         # As root: bind every listener now, then become [server] user for good.
         bound: dict[str, socket.socket] = {}
         run_as = privileges.plan(cfg)
@@ -103,7 +110,8 @@ class App:
         store.set_publisher(self.hub.publish)
         try:
             self.created_certificate = ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.hostname)
-            tls = server_context(cfg.cert_path, cfg.key_path)
+            self.tls = ReloadableTls(cfg.cert_path, cfg.key_path)
+            tls = self.tls.context
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise StartupError(f"cannot load TLS certificate {cfg.cert_path}: {exc}") from None
         delivery = LocalDelivery(
@@ -115,7 +123,17 @@ class App:
             ),
             structure=parse_for_storage,
         )
-        auth = Authenticator(store.password_hash)
+        a = cfg.auth
+        throttle = LoginThrottle(
+            base=a.failure_delay,
+            ceiling=a.max_failure_delay,
+            window=a.lockout_window,
+            ip_limit=a.lockout_ip,
+            account_limit=a.lockout_account,
+            lockout=a.lockout_duration,
+        )
+        # One authenticator (and so one throttle) for POP3, IMAP and submission.
+        auth = Authenticator(store.password_hash, throttle, rehash=store.areplace_password)
         self.queue = queue = QueueStore(cfg.data_dir)
         bouncer = Bouncer(cfg.hostname, delivery, queue)
         delivery.remote_bounce = bouncer.send
@@ -246,6 +264,32 @@ class App:
         except BaseException:
             await self.stop()
             raise
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: load the certificate and key again (from the [tls] paths of a re-read
+        configuration) for new handshakes; open connections are not touched. A bad new
+        certificate is logged and the one in use is kept."""
+        if self.tls is None:
+            return False
+        cfg = self.config
+        if self.config_loader is not None:
+            try:
+                cfg = self.config_loader()
+            except (ConfigError, OSError) as exc:
+                log.error("event=tls-reload result=error reason=%r (configuration unchanged)", exc)
+        try:
+            shown = self.tls.reload(cfg.cert_path, cfg.key_path)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error(
+                "event=tls-reload result=error cert=%s key=%s reason=%r"
+                " (keeping the certificate in use)",
+                cfg.cert_path,
+                cfg.key_path,
+                str(exc),
+            )
+            return False
+        log.info("event=tls-reload result=ok cert=%s sha256=%s", cfg.cert_path, shown)
+        return True
 
     async def _listen(self, name: str, addr: Address, coro: object) -> None:
         try:

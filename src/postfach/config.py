@@ -96,6 +96,18 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: the failed-login delay and the temporary lockout (`LoginThrottle`)."""
+
+    failure_delay: float = 0.5  # first delay after a failure; doubles per failure; 0 = none
+    max_failure_delay: float = 15.0
+    lockout_window: float = 900.0  # failures are counted over this many seconds
+    lockout_ip: int = 10  # failures from one address that lock it out; 0 = never
+    lockout_account: int = 10  # failures on one account that lock out the failing addresses
+    lockout_duration: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path
     hostname: str
@@ -115,6 +127,7 @@ class Config:
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig = SubmissionConfig()
     user: str | None = None  # [server] user: whom a server started as root becomes
+    auth: AuthConfig = AuthConfig()
 
     @property
     def cert_path(self) -> Path:
@@ -238,6 +251,8 @@ def load_config(
         updates["allow_plaintext_on_loopback"] = _bool(
             auth["allow_plaintext_on_loopback"], "allow_plaintext_on_loopback"
         )
+    if auth:
+        updates["auth"] = _auth(auth)
     if "pop3_autologout" in timeouts:
         updates["pop3_autologout"] = _number(timeouts["pop3_autologout"], "pop3_autologout")
     if "imap_autologout" in timeouts:
@@ -332,6 +347,26 @@ def _queue(value: Any) -> QueueConfig:
             raise ConfigError(f"[queue] per_domain: expected a positive integer, got {n!r}")
         out = replace(out, per_domain=n)
     return out
+
+
+def _auth(value: Any) -> AuthConfig:
+    numbers = {"failure_delay", "max_failure_delay", "lockout_window", "lockout_duration"}
+    counts = {"lockout_ip", "lockout_account"}
+    keys = numbers | counts | {"allow_plaintext", "allow_plaintext_on_loopback"}
+    t = _table(value, "auth", keys)
+    found: dict[str, Any] = {}
+    for key in sorted(numbers & set(t)):
+        v = t[key]
+        if v in (0, 0.0) and key == "failure_delay":
+            found[key] = 0.0
+        else:
+            found[key] = _number(v, f"[auth] {key}")
+    for key in sorted(counts & set(t)):
+        n = t[key]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ConfigError(f"[auth] {key}: expected a number of failures (0 = off), got {n!r}")
+        found[key] = n
+    return AuthConfig(**found)
 
 
 def _submission(value: Any) -> SubmissionConfig:

@@ -36,6 +36,20 @@ class Pop3Err(Exception):
         return f"-ERR {code}{self.text}\r\n".encode()
 
 
+class LoginLockedOut(Exception):
+    """Too many failed logins from this address or on this account: refused for a while.
+
+    The password was not checked. Protocols answer with a temporary error (IMAP
+    ``NO [UNAVAILABLE]``, POP3 ``-ERR [SYS/TEMP]``, SMTP ``454 4.7.0``) so that mail programs
+    retry later instead of asking the user for a new password; the answer is the same whether
+    or not the account exists.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"login refused for {retry_after:.0f} more seconds")
+        self.retry_after = retry_after
+
+
 class StoreError(Exception):
     """Base of errors raised by a Mailstore."""
 

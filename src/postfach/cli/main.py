@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -158,7 +159,9 @@ def cli(ctx: click.Context, data: Path | None) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log every event (debug level).")
 @click.pass_obj
 def serve(obj: _Ctx, config_file: Path | None, verbose: bool) -> None:
-    """Run the server (SMTP, submission, POP3, IMAP) until SIGTERM or Ctrl-C."""
+    """Run the server (SMTP, submission, POP3, IMAP) until SIGTERM or Ctrl-C.
+
+    SIGHUP reloads the TLS certificate and key (new connections use them)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -167,13 +170,13 @@ def serve(obj: _Ctx, config_file: Path | None, verbose: bool) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's chatty logger
     cfg = load_config(obj.data, config_file=config_file)
     first_run = not (cfg.data_dir / "postfach.db").exists()
-    asyncio.run(_serve(cfg, first_run))
+    asyncio.run(_serve(cfg, first_run, lambda: load_config(obj.data, config_file=config_file)))
 
 
-async def _serve(cfg: Config, first_run: bool) -> None:
+async def _serve(cfg: Config, first_run: bool, reload: Callable[[], Config]) -> None:
     from postfach.app import App  # the whole server: imported only by `serve`
 
-    app = App(cfg)
+    app = App(cfg, config_loader=reload)
     await app.start()
     assert app.store is not None
     out = Console(stderr=False)

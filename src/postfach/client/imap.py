@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import re
 import socket
@@ -201,7 +202,7 @@ class ImapClient:
         if self.fingerprint is not None:
             der = tls.getpeercert(binary_form=True) or b""
             got = hashlib.sha256(der).digest()
-            if got != self.fingerprint:
+            if not hmac.compare_digest(got, self.fingerprint):
                 tls.close()
                 raise ImapError(
                     f"certificate of {self.host} does not match the pinned fingerprint"

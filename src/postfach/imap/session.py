@@ -47,7 +47,14 @@ from typing import Any, Final, Protocol, TypeVar
 
 from postfach import __version__ as _VERSION
 from postfach.auth.sasl import SaslError, SaslExchange, encode_base64, is_cancel, start_exchange
-from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
+from postfach.errors import (
+    AlreadyExists,
+    DiskFull,
+    LoginLockedOut,
+    NotFound,
+    OverQuota,
+    StoreError,
+)
 from postfach.imap import commands as c
 from postfach.imap.fetch import (
     UnknownCte,
@@ -884,7 +891,13 @@ class ImapSession:
             self._bye("Too many authentication failures", "auth-failures")
 
     async def _login(self, username: str, password: str, authzid: str, method: str) -> _Ok:
-        account = await self._backend.authenticate(username, password, self._remote_ip)
+        try:
+            account = await self._backend.authenticate(username, password, self._remote_ip)
+        except LoginLockedOut:
+            self._auth_failures += 1
+            log.info("conn=%s event=login result=locked-out method=%s", self._conn_id, method)
+            # RFC 5530: a temporary refusal; the client keeps its password and retries later.
+            raise ImapNo("UNAVAILABLE", "too many failed logins; try again later") from None
         acc = self._store.get_account(account) if account is not None else None
         foreign = (
             acc is not None and authzid and authzid.lower() not in (username.lower(), acc.name)

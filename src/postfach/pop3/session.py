@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from postfach.auth.sasl import MECHANISMS, SaslError, SaslExchange, is_cancel, start_exchange
-from postfach.errors import DiskFull, MailboxInUse, Pop3Err
+from postfach.errors import DiskFull, LoginLockedOut, MailboxInUse, Pop3Err
 from postfach.pop3.protocol import (
     ALLOWED,
     COMMANDS,
@@ -90,7 +90,8 @@ class Maildrop(Protocol):
 
 class Pop3Backend(Protocol):
     async def authenticate(self, username: str, password: str, remote_ip: str) -> str | None:
-        """The canonical account name, or None. Applies the failed-login delay itself."""
+        """The canonical account name, or None. Applies the failed-login delay itself and
+        raises ``postfach.errors.LoginLockedOut`` while the address is locked out."""
         ...
 
     async def open_maildrop(self, account: str) -> Maildrop:
@@ -439,7 +440,15 @@ class Pop3Session:
         return await self._sasl_step(exchange)
 
     async def _login(self, username: str, password: str, authzid: str, method: str) -> Reply:
-        account = await self._backend.authenticate(username, password, self._remote_ip)
+        try:
+            account = await self._backend.authenticate(username, password, self._remote_ip)
+        except LoginLockedOut:
+            self._auth_failures += 1
+            log.info("conn=%s event=login result=locked-out method=%s", self._conn_id, method)
+            text = "too many failed logins; try again later"
+            if self._auth_failures >= self._settings.max_auth_failures:
+                return _reply(err(text, "SYS/TEMP"), close=True)
+            raise Pop3Err(text, "SYS/TEMP") from None  # RFC 3206: not the credentials' fault
         if account is None or (authzid and authzid not in (username, account)):
             self._auth_failures += 1
             log.info(

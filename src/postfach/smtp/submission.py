@@ -31,7 +31,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 
 from postfach.auth.sasl import SaslError, decode_base64, parse_plain
 from postfach.dsn import RET_VALUES, parse_notify, parse_orcpt, xtext_decode
-from postfach.errors import SmtpError
+from postfach.errors import LoginLockedOut, SmtpError
 from postfach.outbound import Outbound, SubmitTxn
 from postfach.smtp.graceful import GracefulSMTP
 from postfach.smtp.handler import EHLO_LAST, S451_LOCAL_ERROR, S503_MAIL_FIRST, _EnhancedCodes
@@ -138,7 +138,12 @@ class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, SMTP):
         assert self.session is not None
         peer = self.session.peer
         ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        account = await self._authenticate_fn(username, password, ip)
+        try:
+            account = await self._authenticate_fn(username, password, ip)
+        except LoginLockedOut:
+            # RFC 4954 §6: a temporary failure; the client retries later with the same password.
+            await self.push("454 4.7.0 Too many failed logins; try again later")
+            return AuthResult(success=False, handled=True)
         if account is None:
             return AuthResult(success=False, handled=False)
         log.info("event=auth_ok user=%s ip=%s service=submission", account, ip)

@@ -751,6 +751,20 @@ class SqliteMailstore:
         if conn.execute("UPDATE accounts SET password=? WHERE name=?", (pw, name)).rowcount == 0:
             raise NotFound(f"no account {name}")
 
+    async def areplace_password(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Compare-and-set for rehash on login: store new_hash only if the account's hash is
+        still old_hash (a password changed meanwhile is kept). True if replaced."""
+        return await self.awrite(self._op_replace_password, name.lower(), old_hash, new_hash)
+
+    @staticmethod
+    def _op_replace_password(
+        conn: sqlite3.Connection, batch: _Batch, name: str, old: str, new: str
+    ) -> bool:
+        cur = conn.execute(
+            "UPDATE accounts SET password=? WHERE name=? AND password=?", (new, name, old)
+        )
+        return cur.rowcount == 1
+
     def set_quota(self, name: str, quota_bytes: int, quota_messages: int) -> Account:
         return self._write(self._op_set_quota, name.lower(), quota_bytes, quota_messages)
 
