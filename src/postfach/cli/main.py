@@ -64,6 +64,7 @@ class _Group(_LazyGroup):
     lazy = {
         "fetch": "postfach.cli.fetch:fetch",
         "import": "postfach.cli.transfer:import_command",
+        "migrate": "postfach.cli.migrate:migrate_command",
         "export": "postfach.cli.transfer:export_command",
         "queue": "postfach.cli.queue:queue",
         "sync": "postfach.cli.sync:sync_command",
