@@ -30,8 +30,15 @@ LOCAL = "alice@example.org"
 DATE = 1_600_000_000
 
 
-def put(store: SqliteMailstore, account: str, folder: str, datas: list[bytes],
-        flags: Flag = Flag.NONE, keywords: tuple[str, ...] = (), date: int = DATE) -> None:  # fmt: skip
+def put(
+    store: SqliteMailstore,
+    account: str,
+    folder: str,
+    datas: list[bytes],
+    flags: Flag = Flag.NONE,
+    keywords: tuple[str, ...] = (),
+    date: int = DATE,
+) -> None:
     acc = store.get_account(account)
     assert acc is not None
     box = store.get_mailbox(acc.id, folder)
@@ -69,7 +76,8 @@ def remote(server: RunningServer) -> RunningServer:
     put(s, REMOTE, "Sent", [message(f"sent {i}") for i in range(3)], Flag.SEEN)
     put(s, REMOTE, "Work", [message("work a"), message("work b")], Flag.FLAGGED, ("Work", "$Junk"))
     put(s, REMOTE, "Work/2024", [message("old work", size=200_000)], Flag.SEEN)
-    put(s, REMOTE, "Reisen", [message("no id").replace(b"Message-ID: <no.id@remote.example>\r\n", b"")])
+    no_id = message("no id").replace(b"Message-ID: <no.id@remote.example>\r\n", b"")
+    put(s, REMOTE, "Reisen", [no_id])
     acc = s.get_account(REMOTE)
     assert acc is not None
     s.set_subscribed(acc.id, "Work", True)

@@ -62,8 +62,7 @@ def parse_source(url: str, tls: str | None) -> tuple[str, int, str, str]:
         raise click.BadParameter("use imaps://USER@HOST[:PORT] or imap://USER@HOST[:PORT]")
     if u.password is not None:
         raise click.BadParameter(
-            "passwords do not belong on the command line; use --password-file or"
-            " --password-command"
+            "passwords do not belong on the command line; use --password-file or --password-command"
         )
     if not u.hostname:
         raise click.BadParameter("no host in the URL")
@@ -93,7 +92,15 @@ def _locked(path: Path) -> Iterator[None]:
 
 def folder_table(report: MigrateReport) -> Table:
     t = Table(title="Folders", title_justify="left")
-    for col in ("remote", "→ local", "how", "messages", "to copy", "copied before", "already there"):
+    for col in (
+        "remote",
+        "→ local",
+        "how",
+        "messages",
+        "to copy",
+        "copied before",
+        "already there",
+    ):
         t.add_column(col, justify="right" if col[0] in "mtca" else "left")
     for f in report.folders:
         if f.local is None:
@@ -167,17 +174,33 @@ def _copy_progress(
 
 
 @click.command("migrate")
-@click.option("--from", "source", required=True, metavar="URL",
-              help="The remote account: imaps://USER@HOST[:PORT] (or imap:// for STARTTLS).")  # fmt: skip
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="URL",
+    help="The remote account: imaps://USER@HOST[:PORT] (or imap:// for STARTTLS).",
+)
 @click.option("--to", "target", required=True, metavar="ADDRESS", help="The postfach account.")
-@click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="File whose first line is the remote password (chmod 600).")  # fmt: skip
+@click.option(
+    "--password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File whose first line is the remote password (chmod 600).",
+)
 @click.option("--password-command", help="Command that prints the remote password.")
-@click.option("--fingerprint", help="Pin the remote certificate (SHA256:...), for self-signed ones.")
-@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Verify the remote certificate against this CA instead of the system's.")  # fmt: skip
-@click.option("--tls", type=click.Choice(["tls", "starttls", "none"]),
-              help="Override the URL: none only for a server on this machine.")  # fmt: skip
+@click.option(
+    "--fingerprint", help="Pin the remote certificate (SHA256:...), for self-signed ones."
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Verify the remote certificate against this CA instead of the system's.",
+)
+@click.option(
+    "--tls",
+    type=click.Choice(["tls", "starttls", "none"]),
+    help="Override the URL: none only for a server on this machine.",
+)
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Show what would be copied; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary, no tables or progress.")
