@@ -35,7 +35,7 @@ class DovecotImap:
 
 
 def chown_tree(path: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, _dirnames, filenames in os.walk(path):
         os.chown(dirpath, UID, GID)
         for n in filenames:
             os.chown(os.path.join(dirpath, n), UID, GID)

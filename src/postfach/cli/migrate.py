@@ -40,8 +40,8 @@ from postfach.client.migrate.run import (
 )
 from postfach.client.migrate.state import MigrateState, MigrateStateError
 from postfach.client.parse import ProtocolError
+from postfach.client.policy import human_size
 from postfach.client.sync.account import SyncAccount
-from postfach.quota import format_size
 from postfach.store.sqlite import SqliteMailstore
 
 __all__ = ["migrate_command", "parse_source"]
@@ -124,14 +124,14 @@ def summary(report: MigrateReport, seconds: float, dry_run: bool) -> list[str]:
     lines = []
     if dry_run:
         lines.append(
-            f"dry run: would copy {report.to_copy} messages ({format_size(report.to_copy_bytes)})"
+            f"dry run: would copy {report.to_copy} messages ({human_size(report.to_copy_bytes)})"
             f" in {len(folders)} folders; nothing was written"
         )
     else:
         lines.append(
             f"migrated {len(folders)} folders ({created} created), {report.copied} messages"
-            f" ({format_size(report.copied_bytes)}) in {seconds:.1f} s"
-            f" ({rate:.0f} messages/s, {format_size(int(brate))}/s)"
+            f" ({human_size(report.copied_bytes)}) in {seconds:.1f} s"
+            f" ({rate:.0f} messages/s, {human_size(int(brate))}/s)"
         )
     lines.append(
         f"skipped: {report.known} copied by an earlier run, {report.duplicates} already there"
@@ -285,10 +285,10 @@ def _run(
         client = connect(account, password)
     except (ImapError, ProtocolError, OSError) as exc:
         fail(f"{account.host}: {exc}")
+    acc = store.get_account(target)
+    assert acc is not None
+    migrator = Migrator(client, store, acc, state, MigrateOptions(dry_run=dry_run))
     try:
-        acc = store.get_account(target)
-        assert acc is not None
-        migrator = Migrator(client, store, acc, state, MigrateOptions(dry_run=dry_run))
         with err.status("reading the remote folders ...") if err.is_terminal and not quiet \
                 else _nothing() as status:  # fmt: skip
 
@@ -316,6 +316,7 @@ def _run(
     except (ImapError, ProtocolError, OSError) as exc:
         fail(f"{account.host}: {exc} (what was copied is recorded; run again to go on)")
     finally:
+        migrator.close()
         client.logout()
     for line in summary(report, time.monotonic() - started, dry_run):
         click.echo(line)

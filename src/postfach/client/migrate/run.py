@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -36,15 +37,15 @@ from postfach.client.migrate.plan import (
 )
 from postfach.client.migrate.state import MigrateState
 from postfach.client.parse import Data, Token, Untagged, fetch_items
+from postfach.client.policy import human_size
 from postfach.client.sync.names import message_id
 from postfach.errors import OverQuota
 from postfach.imap.response import parse_date_time
 from postfach.imap.sequence import format_sequence_set
 from postfach.mime.stored import parse_for_storage
 from postfach.mime.structure import normalize_crlf
-from postfach.quota import format_size
-from postfach.store.api import Account
-from postfach.store.sqlite import AppendItem, SqliteMailstore
+from postfach.store.api import Account, Flag
+from postfach.store.sqlite import AppendItem, SqliteMailstore, StagedBlob
 from postfach.transfer import flags_of
 
 __all__ = ["FolderWork", "MigrateError", "MigrateOptions", "MigrateReport", "Migrator"]
@@ -146,8 +147,8 @@ def quota_problem(account: Account, size: int, count: int) -> str | None:
     if account.quota_bytes and account.used_bytes + size > account.quota_bytes:
         free = max(0, account.quota_bytes - account.used_bytes)
         return (
-            f"{account.name} has {format_size(free)} free of its {format_size(account.quota_bytes)}"
-            f" quota, the migration needs {format_size(size)}"
+            f"{account.name} has {human_size(free)} free of its {human_size(account.quota_bytes)}"
+            f" quota, the migration needs {human_size(size)}"
         )
     if account.quota_messages and account.used_messages + count > account.quota_messages:
         free = max(0, account.quota_messages - account.used_messages)
@@ -172,6 +173,10 @@ class Migrator:
         self.account = account
         self.state = state
         self.options = options
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="postfach-migrate-stage")
+
+    def close(self) -> None:
+        self._pool.shutdown()
 
     # ---- survey ----------------------------------------------------------------------------
 
@@ -240,32 +245,28 @@ class Migrator:
     def _survey_folder(self, work: FolderWork) -> None:
         c = self.c
         work.uidvalidity, exists = self._examine(work.remote)
-        remote: list[RemoteMessage] = []
+        sizes: dict[int, int] = {}
         if exists:
 
-            def take(d: Data) -> None:
-                if d.name != "FETCH":
-                    return
-                items = fetch_items(d)
-                uid, size = _int(items.get("UID")), _int(items.get("RFC822.SIZE"))
-                if uid is None or size is None:
-                    return
-                head = b""
-                for k, v in items.items():
-                    if k.startswith("BODY[HEADER.FIELDS") and isinstance(v, bytes):
-                        head = v
-                remote.append(RemoteMessage(uid, size, message_id(head)))
+            def size_of(d: Data) -> None:
+                if d.name == "FETCH":
+                    items = fetch_items(d)
+                    uid, size = _int(items.get("UID")), _int(items.get("RFC822.SIZE"))
+                    if uid is not None and size is not None:
+                        sizes[uid] = size
 
-            c.check(b"UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
-                    on_data=take)  # fmt: skip
-        work.remote_messages = len(remote)
-        work.remote_bytes = sum(m.size for m in remote)
+            c.check(b"UID FETCH 1:* (UID RFC822.SIZE)", on_data=size_of)
         local = work.local
         assert local is not None
         known = self.state.uidvalidity(work.remote)
         work.uidvalidity_changed = known is not None and known != work.uidvalidity
         done = set() if work.uidvalidity_changed else self.state.done_uids(
             work.remote, work.uidvalidity)  # fmt: skip
+        # Message-IDs only of what an earlier run did not copy: a later run reads little.
+        mids = self._message_ids(sorted(u for u in sizes if u not in done))
+        remote = [RemoteMessage(u, n, mids.get(u, "")) for u, n in sorted(sizes.items())]
+        work.remote_messages = len(remote)
+        work.remote_bytes = sum(m.size for m in remote)
         pending = [m for m in remote if m.uid not in done]
         local_keys: Counter[str] = Counter()
         if pending:
@@ -277,6 +278,29 @@ class Migrator:
         work.plan.free = Counter(
             {k: n - claimed.get(k, 0) for k, n in local_keys.items() if k.startswith("sha256:")}
         )
+
+    def _message_ids(self, uids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+
+        def take(d: Data) -> None:
+            if d.name != "FETCH":
+                return
+            items = fetch_items(d)
+            uid = _int(items.get("UID"))
+            if uid is None:
+                return
+            for k, v in items.items():
+                if k.startswith("BODY[HEADER.FIELDS") and isinstance(v, bytes):
+                    out[uid] = message_id(v)
+
+        for i in range(0, len(uids), LIST_UIDS):
+            chunk = format_sequence_set(uids[i : i + LIST_UIDS]).encode("ascii")
+            self.c.check(b"UID FETCH " + chunk + b" (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
+                         on_data=take)  # fmt: skip
+        return out
+
+    def _stage(self, data: bytes) -> StagedBlob:
+        return self.store.stage(data, parse_for_storage(data))
 
     def _examine(self, wire: str) -> tuple[int, int]:
         """EXAMINE (read-only): (UIDVALIDITY, EXISTS)."""
@@ -410,14 +434,19 @@ class Migrator:
             if isinstance(date, bytes):
                 with contextlib.suppress(ValueError):
                     when = parse_date_time(date.decode("ascii"))
-            blob = self.store.stage(data, parse_for_storage(data))
-            items.append(AppendItem(blob, flags, keywords, when or _now()))
+            # Parsed and staged in a worker while the next messages arrive.
+            staged.append((self._pool.submit(self._stage, data), flags, keywords, when))
             rows.append((uid, key))
 
+        staged: list[tuple[Future[StagedBlob], Flag, tuple[str, ...], int]] = []
         uids = format_sequence_set(sorted(wanted)).encode("ascii")
         try:
-            self.c.check(b"UID FETCH " + uids + b" (UID FLAGS INTERNALDATE BODY.PEEK[])",
-                         on_data=take)  # fmt: skip
+            try:
+                self.c.check(b"UID FETCH " + uids + b" (UID FLAGS INTERNALDATE BODY.PEEK[])",
+                             on_data=take)  # fmt: skip
+            finally:
+                for fut, flags, keywords, when in staged:
+                    items.append(AppendItem(fut.result(), flags, keywords, when or _now()))
         except BaseException:
             for item in items:
                 self.store.discard(item.blob)
