@@ -44,6 +44,7 @@ __all__ = [
     "TransferResult",
     "detect_format",
     "export_mailbox",
+    "flags_of",
     "import_mailbox",
 ]
 
@@ -83,7 +84,7 @@ def detect_format(path: Path, fmt: str | None, *, exporting: bool) -> str:
     return "mbox"
 
 
-def _flags_of(names: frozenset[str]) -> tuple[Flag, tuple[str, ...]]:
+def flags_of(names: frozenset[str]) -> tuple[Flag, tuple[str, ...]]:
     flags = Flag.NONE
     keywords: list[str] = []
     for n in sorted(names):
@@ -183,7 +184,7 @@ def import_mailbox(
                 result.skipped += 1
             else:
                 blob = store.stage(data, parse_for_storage(data))
-                flags, keywords = _flags_of(names)
+                flags, keywords = flags_of(names)
                 batch.append(AppendItem(blob, flags, keywords, date if date else now))
                 batch_octets += blob.size
             if progress is not None:

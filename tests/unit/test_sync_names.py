@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from postfach.client.sync.names import (
+    Keywords,
     crlf_size,
     dir_for_folder,
     flags_from_imap,
@@ -63,9 +64,13 @@ def test_file_names_and_flags() -> None:
 
 
 def test_imap_flags() -> None:
-    assert flags_from_imap(["\\Seen", "\\ANSWERED", "$Forwarded", "\\Recent", b"x"]) == frozenset(
-        "RS"
-    )
+    # Keywords are synced by name (``dovecot-keywords``); \\Recent and non-atoms are not.
+    assert flags_from_imap(["\\Seen", "\\ANSWERED", "$Forwarded", "\\Recent", b"x"]) == {
+        "R", "S", "$Forwarded"
+    }  # fmt: skip
+    # A one-letter keyword that reads like a system flag letter stays on the server.
+    assert flags_from_imap(["S", "Work"]) == {"Work"}
+    assert imap_flag_list(frozenset({"S", "$Junk", "Work"})) == b"(\\Seen $Junk Work)"
     assert imap_flag_list(frozenset("TDS")) == b"(\\Draft \\Seen \\Deleted)"
     assert imap_flag_list(frozenset()) == b"()"
 
@@ -85,3 +90,18 @@ def test_ident_is_the_same_on_both_sides() -> None:
     assert message_id(wire) == message_id(local) == message_id(fetched) == "<x@y>"
     assert ident(len(wire), message_id(fetched)) == ident(crlf_size(local), message_id(local))
     assert message_id(b"Subject: x\r\n\r\nMessage-ID: <body>\r\n") == ""
+
+
+def test_dovecot_keywords_table() -> None:
+    table = Keywords.parse("0 $Forwarded\n1 Work\nbroken line\n27 TooFar\n3 $Junk\n")
+    assert table.letter("$forwarded") == "a" and table.letter("WORK") == "b"
+    assert table.letter("$Junk") == "d" and table.letter("TooFar") is None
+    assert table.flags_of_letters("FSabz") == {"F", "S", "$Forwarded", "Work"}
+    # Letters of the table are replaced, unknown letters and P are kept.
+    assert table.filename("u", "PSaz", frozenset({"F", "Work"})) == "u:2,FPbz"
+    assert table.assign("new") and table.letter("new") == "c"  # the first free letter
+    assert table.format() == "0 $Forwarded\n1 Work\n2 new\n3 $Junk\n"
+    for i in range(22):
+        assert table.assign(f"k{i}")
+    assert not table.assign("one-too-many") and table.letter("one-too-many") is None
+    assert table.assign("WORK")  # already there, in any case

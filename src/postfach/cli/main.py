@@ -63,8 +63,10 @@ class _Group(_LazyGroup):
     """Turns the errors users cause into one line and exit status 1."""
 
     lazy = {
+        "demo": "postfach.cli.demo:demo_command",
         "fetch": "postfach.cli.fetch:fetch",
         "import": "postfach.cli.transfer:import_command",
+        "migrate": "postfach.cli.migrate:migrate_command",
         "export": "postfach.cli.transfer:export_command",
         "queue": "postfach.cli.queue:queue",
         "sync": "postfach.cli.sync:sync_command",

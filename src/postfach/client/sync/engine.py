@@ -48,9 +48,9 @@ from postfach.client.sync.names import (
     INBOX,
     Flags,
     flags_from_imap,
-    flags_of_name,
     ident,
     imap_flag_list,
+    keywords_of,
     message_id,
     to_crlf,
     to_lf,
@@ -688,7 +688,7 @@ class _Folder:
         records, idents, lnames = self.records, self.idents, self.lnames
         for uid, unique, base, lname, mid in self.state.rows(self.row.key):
             records[uid] = Record(
-                uid, unique, flags_from_text(base), flags_of_name(lname) if lname else None
+                uid, unique, flags_from_text(base), self.mf.flags(lname) if lname else None
             )
             idents[uid] = mid
             if lname and unique not in lnames:
@@ -703,6 +703,10 @@ class _Folder:
             self.scan(self.mf.scan())
 
     def plan(self, view: ServerView) -> list[MessageAction]:
+        if any(keywords_of(f) for f in view.flags.values()):
+            admit = self.mf.admit
+            view = ServerView({u: admit(f) for u, f in view.flags.items()}, view.vanished,
+                              view.complete)  # fmt: skip
         records = list(self.records.values())
         orphans = list(self.orphans.values())
         need_local, need_server = idents_wanted(records, orphans, self.local, view)

@@ -34,15 +34,17 @@ from typing import Final
 
 from postfach.client.sync.names import (
     INBOX,
+    KEYWORD_FILE,
     Flags,
+    Keywords,
     crlf_size,
     dir_for_folder,
     flags_of_name,
     folder_for_dir,
     ident,
+    keywords_of,
     message_id,
     split_filename,
-    with_flags,
 )
 from postfach.client.sync.plan import LocalFolder
 
@@ -89,6 +91,50 @@ class MaildirFolder:
         self.name = name
         self.path = root / dir_for_folder(name) if name != INBOX else root
         self.fsync = fsync
+        self._keywords: Keywords | None = None
+
+    # ---- keywords (dovecot-keywords) -------------------------------------------------------
+
+    @property
+    def keywords(self) -> Keywords:
+        if self._keywords is None:
+            try:
+                text = (self.path / KEYWORD_FILE).read_text("utf-8", "replace")
+            except OSError:
+                text = ""
+            self._keywords = Keywords.parse(text)
+        return self._keywords
+
+    def admit(self, flags: Flags) -> Flags:
+        """The part of a server message's flags this folder can carry: system flags, and
+        keywords that have a letter or get one now (the file is written before any message
+        uses the letter). Keywords beyond the 26 letters are left out: they stay on the
+        server, untouched, because the sync only ever adds or removes single flags there."""
+        kws = keywords_of(flags)
+        if not kws:
+            return flags
+        table = self.keywords
+        before = dict(table.by_index)
+        out = {f for f in flags if f not in kws}
+        for k in sorted(kws):
+            if table.assign(k):
+                out.add(table.canonical(k))
+        if table.by_index != before:
+            self._write_keywords(table)
+        return frozenset(out)
+
+    def _write_keywords(self, table: Keywords) -> None:
+        tmp = self.path / "tmp" / f"{KEYWORD_FILE}.{os.getpid()}"
+        tmp.write_text(table.format(), "utf-8")
+        if self.fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, self.path / KEYWORD_FILE)
+        if self.fsync:
+            _fsync_dir(self.path)
 
     def ensure(self) -> None:
         for sub in _SUBDIRS:
@@ -162,9 +208,15 @@ class MaildirFolder:
                     out[unique] = f"{sub}/{name}"
         return out
 
-    @staticmethod
-    def flags(lname: str) -> Flags:
-        return flags_of_name(lname)
+    def flags(self, lname: str) -> Flags:
+        """System flag letters and keyword names of a file name (``cur/u:2,FSa``)."""
+        i = lname.find(":")
+        if i < 0 or not lname.startswith("2,", i + 1):
+            return flags_of_name(lname)
+        letters = lname[i + 3 :]
+        if not any("a" <= c <= "z" for c in letters):
+            return flags_of_name(lname)
+        return self.keywords.flags_of_letters(letters)
 
     def read(self, lname: str) -> bytes:
         return (self.path / lname).read_bytes()
@@ -197,7 +249,7 @@ class MaildirFolder:
             os.close(fd)
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))
-        lname = f"cur/{with_flags(unique, '', flags)}" if flags else f"new/{unique}"
+        lname = f"cur/{self.keywords.filename(unique, '', flags)}" if flags else f"new/{unique}"
         return Staged(tmp, lname, unique)
 
     def commit(self, staged: list[Staged]) -> None:
@@ -214,7 +266,7 @@ class MaildirFolder:
         unique, letters = split_filename(filename)
         if sub == "new" and not flags and not letters:
             return lname
-        new = f"cur/{with_flags(unique, letters, flags)}"
+        new = f"cur/{self.keywords.filename(unique, letters, flags)}"
         if new != lname:
             os.rename(self.path / lname, self.path / new)
         return new

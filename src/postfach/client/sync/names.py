@@ -10,6 +10,12 @@ Files (https://cr.yp.to/proto/maildir.html): ``<unique>:2,<letters>``; the lette
 letters (``P`` passed, Dovecot's lower-case keywords) are kept as they are when a file is
 renamed. Files are stored with LF line ends and sent with CRLF.
 
+Keywords (``$Forwarded``, ``$Junk``, ``Work``): Dovecot's convention, which neomutt and Dovecot
+itself read. Each folder directory has a ``dovecot-keywords`` file, one ``<n> <keyword>`` line
+per keyword, ``n`` from 0 to 25 standing for the letters ``a`` to ``z`` in file names. So a
+folder can hold at most 26 keywords locally; others stay on the server only (`Keywords`).
+In a ``Flags`` set the system flags are their letters, keywords their names.
+
 Identity: a message's *ident* is ``<size with CRLF line ends>:<Message-ID field>``. Both sides
 can tell it without moving the body: the server by ``RFC822.SIZE`` and
 ``BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]``, the Maildir by reading the file. It pairs a new
@@ -28,9 +34,11 @@ from typing import Final
 __all__ = [
     "IMAP_FLAG",
     "INBOX",
+    "KEYWORD_FILE",
     "LETTER",
     "SYNCED",
     "Flags",
+    "Keywords",
     "crlf_size",
     "dir_for_folder",
     "flags_from_imap",
@@ -39,6 +47,7 @@ __all__ = [
     "folder_for_dir",
     "ident",
     "imap_flag_list",
+    "keywords_of",
     "message_id",
     "split_filename",
     "to_crlf",
@@ -48,7 +57,7 @@ __all__ = [
 
 INBOX: Final = "INBOX"
 
-#: A set of Maildir flag letters, only ever from SYNCED.
+#: The synced flags of a message: letters from SYNCED for system flags, and keyword names.
 Flags = frozenset[str]
 
 IMAP_FLAG: Final = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen",
@@ -125,12 +134,107 @@ def with_flags(unique: str, old_letters: str, flags: Flags) -> str:
 
 
 def flags_from_imap(flags: Iterable[object]) -> Flags:
-    """IMAP flag atoms → letters; keywords and ``\\Recent`` are not synced."""
-    return frozenset(LETTER[f.lower()] for f in flags if isinstance(f, str) and f.lower() in LETTER)
+    """IMAP flag atoms → letters and keyword names; ``\\Recent`` and other system flags that
+    Maildir cannot carry are dropped, and so is a one-letter keyword that would read as a
+    system flag letter (it stays on the server)."""
+    out: set[str] = set()
+    for f in flags:
+        if not isinstance(f, str) or not f:
+            continue
+        if f[0] == "\\":
+            letter = LETTER.get(f.lower())
+            if letter:
+                out.add(letter)
+        elif _KEYWORD.fullmatch(f) and f not in SYNCED:
+            out.add(f)
+    return frozenset(out)
 
 
 def imap_flag_list(flags: Flags) -> bytes:
-    return ("(" + " ".join(IMAP_FLAG[c] for c in sorted(flags)) + ")").encode("ascii")
+    words = [IMAP_FLAG[c] for c in sorted(flags & SYNCED)] + sorted(flags - SYNCED)
+    return ("(" + " ".join(words) + ")").encode("utf-8")
+
+
+def keywords_of(flags: Flags) -> frozenset[str]:
+    return frozenset(f for f in flags if f not in SYNCED)
+
+
+# ---- keywords (Dovecot's dovecot-keywords) --------------------------------------------------
+
+KEYWORD_FILE: Final = "dovecot-keywords"
+KEYWORD_LETTERS: Final = "abcdefghijklmnopqrstuvwxyz"
+#: An IMAP flag-keyword atom (RFC 9051: no specials, no ``\\``).
+_KEYWORD: Final = re.compile(r"[!#$&'+,\-./0-9:;<=>?@A-Z^_`a-z|~]+")
+
+
+class Keywords:
+    """One folder's letter ↔ keyword table. Keywords compare case-insensitively (RFC 9051
+    §2.3.2); a name keeps the spelling it was first written with."""
+
+    def __init__(self, entries: dict[int, str] | None = None) -> None:
+        self.by_index: dict[int, str] = dict(entries or {})
+        self._by_name = {n.lower(): i for i, n in self.by_index.items()}
+
+    @classmethod
+    def parse(cls, text: str) -> Keywords:
+        """Lines ``<0-25> <keyword>``; malformed lines are ignored, as Dovecot does."""
+        entries: dict[int, str] = {}
+        for line in text.splitlines():
+            num, _, name = line.partition(" ")
+            name = name.strip()
+            if num.isdigit() and int(num) < len(KEYWORD_LETTERS) and _KEYWORD.fullmatch(name):
+                entries.setdefault(int(num), name)
+        return cls(entries)
+
+    def format(self) -> str:
+        return "".join(f"{i} {n}\n" for i, n in sorted(self.by_index.items()))
+
+    def letter(self, name: str) -> str | None:
+        i = self._by_name.get(name.lower())
+        return None if i is None else KEYWORD_LETTERS[i]
+
+    def name(self, letter: str) -> str | None:
+        i = KEYWORD_LETTERS.find(letter)
+        return self.by_index.get(i) if i >= 0 else None
+
+    def canonical(self, name: str) -> str:
+        """The table's spelling of ``name`` (or ``name`` when it is not in the table)."""
+        i = self._by_name.get(name.lower())
+        return name if i is None else self.by_index[i]
+
+    def assign(self, name: str) -> bool:
+        """Give ``name`` a letter if it has none and one is free; False if the table is full."""
+        if name.lower() in self._by_name:
+            return True
+        free = [i for i in range(len(KEYWORD_LETTERS)) if i not in self.by_index]
+        if not free:
+            return False
+        self.by_index[free[0]] = name
+        self._by_name[name.lower()] = free[0]
+        return True
+
+    def flags_of_letters(self, letters: str) -> Flags:
+        """System flag letters and the keywords their letters stand for."""
+        out = {c for c in letters if c in SYNCED}
+        for c in letters:
+            if "a" <= c <= "z":
+                n = self.name(c)
+                if n is not None:
+                    out.add(n)
+        return frozenset(out)
+
+    def filename(self, unique: str, old_letters: str, flags: Flags) -> str:
+        """``with_flags`` with keywords: letters of the table are replaced, other letters of
+        the old name (``P``, letters no table entry explains) are kept."""
+        kept = {c for c in old_letters if c not in SYNCED and c.isalpha()
+                and not ("a" <= c <= "z" and self.name(c) is not None)}  # fmt: skip
+        letters = kept | {c for c in flags if c in SYNCED}
+        for f in flags:
+            if f not in SYNCED:
+                lt = self.letter(f)
+                if lt is not None:
+                    letters.add(lt)
+        return f"{unique}:2,{''.join(sorted(letters))}"
 
 
 # ---- line ends and identity -----------------------------------------------------------------

@@ -73,11 +73,15 @@ class StateError(Exception):
 
 @functools.lru_cache(maxsize=256)
 def flags_from_text(text: str) -> Flags:
-    return frozenset(text)
+    """``"FS"`` or, with keywords, ``"FS $Forwarded Work"`` (letters, then keyword names)."""
+    letters, *keywords = text.split(" ")
+    return frozenset(letters) | frozenset(k for k in keywords if k)
 
 
 def _text(flags: Iterable[str]) -> str:
-    return "".join(sorted(flags))
+    letters = "".join(sorted(f for f in flags if len(f) == 1 and f.isupper()))
+    keywords = sorted(f for f in flags if not (len(f) == 1 and f.isupper()))
+    return " ".join([letters, *keywords]) if keywords else letters
 
 
 @dataclass(frozen=True, slots=True)

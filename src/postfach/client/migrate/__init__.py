@@ -1,0 +1,1 @@
+"""``postfach migrate``: copy a whole remote IMAP account into a postfach account."""
