@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from postfach.auth.passwords import Authenticator
 from postfach.config import Address, Config, ConfigError
+from postfach.control import WAKE_SIGNAL, PidFile
 from postfach.datadir import StartupError, open_store
 from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
@@ -61,6 +62,7 @@ class App:
     queue: QueueStore | None = None
     runner: QueueRunner | None = None
     outbound: Outbound | None = None
+    pidfile: PidFile | None = None
     _stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -210,6 +212,7 @@ class App:
                     ),
                 )
             runner.start()
+            self._claim_pidfile(loop, runner)
         except BaseException:
             await self.stop()
             raise
@@ -242,7 +245,26 @@ class App:
         if self._stopped is not None:
             self._stopped.set()
 
+    def _claim_pidfile(self, loop: asyncio.AbstractEventLoop, runner: QueueRunner) -> None:
+        """A process of its own (not a test's server thread): the pid file and SIGUSR1, with
+        which ``postfach queue flush``/``retry`` wake the runner at once (control.py)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop.add_signal_handler(WAKE_SIGNAL, runner.wake)  # before the pid is published
+        pidfile = PidFile(self.config.data_dir)
+        if pidfile.acquire():
+            self.pidfile = pidfile
+        else:
+            log.warning("event=pidfile_busy path=%s (another server uses this data directory?)",
+                        pidfile.path)  # fmt: skip
+
     async def stop(self) -> None:
+        if self.pidfile is not None:
+            self.pidfile.release()
+            self.pidfile = None
+            # A late wake-up must not kill us (closing the loop would restore SIG_DFL).
+            asyncio.get_running_loop().remove_signal_handler(WAKE_SIGNAL)
+            signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
         for server in self.servers.values():
             server.close()
         for server in self.servers.values():
