@@ -357,8 +357,14 @@ class QueueStore:
         )
         return [_rcpt(r) for r in rows]
 
-    def next_due(self) -> float | None:
-        row = self._read(lambda c: c.execute("SELECT min(next_attempt) FROM recipients").fetchone())
+    def next_due(self, after: float | None = None) -> float | None:
+        """The earliest next attempt (of those later than ``after``, when given)."""
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT min(next_attempt) FROM recipients WHERE next_attempt>?",
+                (float("-inf") if after is None else after,),
+            ).fetchone()
+        )
         return None if row is None or row[0] is None else float(row[0])
 
     def begin_attempt(self, attempts: Sequence[tuple[int, float]], now: float) -> None:
