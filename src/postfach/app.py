@@ -22,6 +22,7 @@ from postfach import privileges
 from postfach.auth.passwords import Authenticator
 from postfach.auth.throttle import LoginThrottle
 from postfach.config import Address, Config, ConfigError, listener_items
+from postfach.control import WAKE_SIGNAL, PidFile
 from postfach.datadir import StartupError, open_store
 from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
@@ -74,6 +75,7 @@ class App:
     # Re-reads the configuration on SIGHUP (for new [tls] paths); None: keep the paths.
     config_loader: Callable[[], Config] | None = None
     tls: ReloadableTls | None = None
+    pidfile: PidFile | None = None
     _stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -261,6 +263,7 @@ class App:
             runner.start()
             if os.geteuid() == 0:
                 log.warning("event=running_as_root hint=set [server] user or POSTFACH_USER")
+            self._claim_pidfile(loop, runner)
         except BaseException:
             await self.stop()
             raise
@@ -310,11 +313,30 @@ class App:
         if self._stopped is not None:
             self._stopped.set()
 
+    def _claim_pidfile(self, loop: asyncio.AbstractEventLoop, runner: QueueRunner) -> None:
+        """A process of its own (not a test's server thread): the pid file and SIGUSR1, with
+        which ``postfach queue flush``/``retry`` wake the runner at once (control.py)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop.add_signal_handler(WAKE_SIGNAL, runner.wake)  # before the pid is published
+        pidfile = PidFile(self.config.data_dir)
+        if pidfile.acquire():
+            self.pidfile = pidfile
+        else:
+            log.warning("event=pidfile_busy path=%s (another server uses this data directory?)",
+                        pidfile.path)  # fmt: skip
+
     async def stop(self) -> None:
         """Graceful stop (SIGTERM): stop accepting; commands being processed finish and are
         answered; every client is told (``421``, ``* BYE``, ``-ERR``); a DATA transfer gets
         `DATA_GRACE` seconds; whoever is left after `STOP_GRACE` is dropped. Then the queue
         runner stops and the store writer commits what it was given."""
+        if self.pidfile is not None:
+            self.pidfile.release()
+            self.pidfile = None
+            # A late wake-up must not kill us (closing the loop would restore SIG_DFL).
+            asyncio.get_running_loop().remove_signal_handler(WAKE_SIGNAL)
+            signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
         for server in self.servers.values():
             server.close()
         waiting = [asyncio.ensure_future(server.wait_closed()) for server in self.servers.values()]

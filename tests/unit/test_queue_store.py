@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,49 @@ def test_database_settings_and_newer_schema_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         QueueStore(tmp_path)
+
+
+def test_concurrent_writes_are_group_committed_and_a_failing_one_is_undone_alone(
+    tmp_path: Path,
+) -> None:
+    """Many threads enqueueing at once: every message is stored exactly once, in fewer commits
+    than writes (their fsyncs are shared), and one failing operation in a group rolls back
+    alone."""
+    import threading
+
+    q = QueueStore(tmp_path)
+    commits = 0
+    real = q._commit_group
+
+    def counting(batch: list[Any]) -> None:
+        nonlocal commits
+        commits += 1
+        real(batch)
+
+    q._commit_group = counting  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def writer(n: int) -> None:
+        start.wait()
+        for i in range(20):
+            if n == 0 and i == 10:
+                try:
+                    q._txn(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))
+                except sqlite3.OperationalError as exc:
+                    errors.append(exc)
+            q.enqueue("a@example.org", [NewRecipient(f"r{n}.{i}@x.test")], b"m", 1.0)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    addresses = sorted(r.address for m in q.messages() for r in m.recipients)
+    assert addresses == sorted(f"r{n}.{i}@x.test" for n in range(16) for i in range(20))
+    assert len(errors) == 1 and "nowhere" in str(errors[0])
+    assert commits < 16 * 20 + 1
+    q.close()
+    again = QueueStore(tmp_path)  # and it was all committed
+    assert len(again.messages()) == 16 * 20
+    again.close()

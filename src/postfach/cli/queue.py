@@ -1,7 +1,8 @@
 """``postfach queue list|show|retry|delete|flush``: the outbound queue from the command line.
 
-These commands open ``queue.db`` directly (SQLite serialises them with a running server). A
-running server's runner picks up ``retry``/``flush`` at its next poll (``[queue] poll``).
+These commands open ``queue.db`` directly (SQLite serialises them with a running server).
+``retry`` and ``flush`` mark messages due and then wake a running server with SIGUSR1
+(`postfach.control`), so it dials at once; without a server they are tried when it starts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from postfach.control import wake_server
 from postfach.queue.store import QueuedMessage, QueueStore
 
 console = Console()
@@ -106,6 +108,14 @@ def queue_show(message_id: int, raw: bool) -> None:
         store.close()
 
 
+def _wake() -> None:
+    pid = wake_server(_data_dir())
+    if pid is None:
+        console.print("no server is running: they will be tried when it starts")
+    else:
+        console.print(f"woke the server (pid {pid}): trying now")
+
+
 @queue.command("retry")
 @click.argument("message_id", type=int)
 def queue_retry(message_id: int) -> None:
@@ -117,6 +127,7 @@ def queue_retry(message_id: int) -> None:
         console.print(f"message {message_id}: {n} recipient(s) due now")
     finally:
         store.close()
+    _wake()
 
 
 @queue.command("flush")
@@ -128,6 +139,7 @@ def queue_flush() -> None:
         console.print(f"{n} recipient(s) due now")
     finally:
         store.close()
+    _wake()
 
 
 @queue.command("delete")

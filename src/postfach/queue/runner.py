@@ -79,6 +79,8 @@ class Notifier(Protocol):
 
 SentCopyHandler = Callable[[SentCopy], Awaitable[None]]
 
+DUE_BATCH = 1000  # due recipients read per look
+
 
 @dataclass
 class QueueRunner:
@@ -97,6 +99,8 @@ class QueueRunner:
     _limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     _main: asyncio.Task[None] | None = None
     _stopping: bool = False
+    _all_inflight: bool = False  # the last look found due rows, every one already in flight
+    _truncated: bool = False  # the last look found DUE_BATCH rows: there may be more
 
     def start(self) -> None:
         self._main = asyncio.get_running_loop().create_task(self._loop(), name="queue-runner")
@@ -136,16 +140,22 @@ class QueueRunner:
             await asyncio.wait_for(self._wakeup.wait(), wait)
 
     def _next_times(self) -> list[float | None]:
-        return [self.store.next_due(), self.store.next_sent_copy()]
+        # Everything due is already in flight (waiting for its domain's limit): the next thing
+        # to look at is what becomes due later, not the rows already taken (looking again every
+        # 50 ms re-read the whole backlog for nothing).
+        after = self.clock() if self._all_inflight else None
+        return [self.store.next_due(after), self.store.next_sent_copy()]
 
     async def run_once(self) -> list[asyncio.Task[None]]:
         """Start an attempt for every due group; return their tasks (tests await them)."""
         now = self.clock()
-        due = await asyncio.to_thread(self.store.due, now)
+        due = await asyncio.to_thread(self.store.due, now, DUE_BATCH)
         groups: dict[tuple[int, str], list[QueuedRecipient]] = {}
         for r in due:
             if r.id not in self._inflight:
                 groups.setdefault((r.message_id, r.domain), []).append(r)
+        self._all_inflight = bool(due) and not groups
+        self._truncated = len(due) >= DUE_BATCH
         started: list[asyncio.Task[None]] = []
         for (mid, domain), rcpts in groups.items():
             self._inflight.update(r.id for r in rcpts)
@@ -180,6 +190,8 @@ class QueueRunner:
             log.exception("event=queue_attempt_error message=%d domain=%s", mid, domain)
         finally:
             self._inflight.difference_update(r.id for r in rcpts)
+            if self._truncated:  # more was due than one look takes: look again now
+                self._wakeup.set()
 
     async def _attempt_locked(self, mid: int, domain: str, rcpts: list[QueuedRecipient]) -> None:
         store = self.store

@@ -6,10 +6,20 @@ One row per message holds the bytes (a BLOB: queued mail is short-lived) and the
 row per recipient holds its retry state. A recipient row is deleted once it is delivered or
 bounced, and the message row with its last recipient, in the same transaction.
 
-Concurrency: one connection, guarded by a lock; every method is a short transaction and may be
-called from any thread. The asyncio side calls them through ``asyncio.to_thread`` (``a*``
-methods). Every write commits (one fsync) before it returns, so an SMTP ``250`` sent after
-`enqueue` returned is never sent for mail that a crash could lose.
+Concurrency: every method is a short transaction and may be called from any thread; the
+asyncio side calls them through ``asyncio.to_thread`` (``a*`` methods). Reads use a connection
+of their own (WAL readers do not wait for the writer's fsync). Writes are **group-committed**:
+a writer that finds others queued behind the write lock runs their operations too, each in its
+own SAVEPOINT, in one transaction with one fsync, so concurrent submissions share the cost. A
+write returns only after the COMMIT that holds it.
+
+Durability per write: `enqueue`, `retry`, `delete` and sent copies are committed with
+``synchronous=FULL`` (an SMTP ``250`` after `enqueue` is never sent for mail a crash or power
+loss could lose). The runner's bookkeeping (`begin_attempt`, `record_reply`, `finish`, ...) is
+committed with ``synchronous=NORMAL``: in WAL mode that survives a killed process (the commit is
+in the WAL file) and only an operating-system crash can roll it back, which makes a recipient
+due early again or a delivered one be delivered twice, never lost (SMTP's own duplicate window,
+RFC 5321 §6.1). The next FULL commit makes it durable as well.
 """
 
 from __future__ import annotations
@@ -128,18 +138,35 @@ def _msg(r: Sequence[Any], rcpts: Sequence[QueuedRecipient]) -> QueuedMessage:
     return QueuedMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(rcpts))
 
 
+@dataclass(slots=True)
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    durable: bool
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
 class QueueStore:
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / QUEUE_DB
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self._conn = conn
+        self._lock = threading.Lock()  # the write connection
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Write] = []
+        self._conn = _connect(self.path)
         self._migrate()
+        self._read_lock = threading.Lock()
+        self._read_conn = _connect(self.path)
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -160,24 +187,61 @@ class QueueStore:
                 raise
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._read_conn.close()
             self._conn.close()
 
-    def _txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _txn(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """Run ``fn`` in a write transaction, committed (with others queued meanwhile) before
+        this returns; ``durable=False``: without the fsync (see the module text)."""
+        item = _Write(fn, durable)
+        with self._pending_lock:
+            self._pending.append(item)
         with self._lock:
-            conn = self._conn
+            if not item.done:  # nobody ran it while we waited for the lock: lead a group
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_group(batch)
+        if item.error is not None:
+            raise item.error
+        result: T = item.result
+        return result
+
+    def _commit_group(self, batch: list[_Write]) -> None:
+        conn = self._conn
+        try:
+            sync = "FULL" if any(w.durable for w in batch) else "NORMAL"
+            conn.execute(f"PRAGMA synchronous={sync}")
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            for w in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    w.result = w.fn(conn)
+                except Exception as exc:  # this operation alone is undone
+                    conn.execute("ROLLBACK TO op")
+                    w.error = exc
+                conn.execute("RELEASE op")
             conn.execute("COMMIT")
-            return result
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for w in batch:
+                w.error = w.error or exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for w in batch:
+                w.done = True
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return fn(self._conn)
+        """A read transaction on the read connection: one snapshot, never behind an fsync."""
+        with self._read_lock:
+            conn = self._read_conn
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
 
     # ---- messages -----------------------------------------------------------------------------
 
@@ -293,8 +357,14 @@ class QueueStore:
         )
         return [_rcpt(r) for r in rows]
 
-    def next_due(self) -> float | None:
-        row = self._read(lambda c: c.execute("SELECT min(next_attempt) FROM recipients").fetchone())
+    def next_due(self, after: float | None = None) -> float | None:
+        """The earliest next attempt (of those later than ``after``, when given)."""
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT min(next_attempt) FROM recipients WHERE next_attempt>?",
+                (float("-inf") if after is None else after,),
+            ).fetchone()
+        )
         return None if row is None or row[0] is None else float(row[0])
 
     def begin_attempt(self, attempts: Sequence[tuple[int, float]], now: float) -> None:
@@ -307,21 +377,24 @@ class QueueStore:
                 "UPDATE recipients SET attempts=attempts+1, last_attempt=?, next_attempt=?"
                 " WHERE id=?",
                 [(now, nxt, rid) for rid, nxt in attempts],
-            )
+            ),
+            durable=False,
         )
 
     def record_reply(self, recipient_id: int, reply: str) -> None:
         self._txn(
             lambda c: c.execute(
                 "UPDATE recipients SET last_reply=? WHERE id=?", (reply[:1000], recipient_id)
-            )
+            ),
+            durable=False,
         )
 
     def set_delay_notified(self, recipient_ids: Sequence[int]) -> None:
         self._txn(
             lambda c: c.executemany(
                 "UPDATE recipients SET delay_notified=1 WHERE id=?", [(i,) for i in recipient_ids]
-            )
+            ),
+            durable=False,
         )
 
     def finish(self, recipient_ids: Sequence[int]) -> None:
@@ -344,7 +417,7 @@ class QueueStore:
                 if left is None:
                     conn.execute("DELETE FROM messages WHERE id=?", (m,))
 
-        self._txn(op)
+        self._txn(op, durable=False)
 
     # ---- sent copies (DESIGN: placed after a window unless the client APPENDed its own) -------
 
@@ -374,4 +447,4 @@ class QueueStore:
         return None if row is None or row[0] is None else float(row[0])
 
     def remove_sent_copy(self, copy_id: int) -> None:
-        self._txn(lambda c: c.execute("DELETE FROM sent_copies WHERE id=?", (copy_id,)))
+        self._txn(lambda c: c.execute("DELETE FROM sent_copies WHERE id=?", (copy_id,)), False)

@@ -114,6 +114,7 @@ class SmtpClient:
     timeout: float = 300.0
     connect_timeout: float = 30.0
     rand: random.Random = field(default_factory=random.Random)
+    _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)  # by "verify"
 
     # ---- routing -------------------------------------------------------------------------------
 
@@ -168,16 +169,24 @@ class SmtpClient:
     # ---- sending -------------------------------------------------------------------------------
 
     def _tls_context(self, relay: bool) -> ssl.SSLContext:
-        if relay and self.relay is not None and self.relay.verify:
+        """Made once per kind: loading the CA bundle costs tens of milliseconds of CPU, which
+        per attempt was most of the outbound path's time (docs/benchmarks.md)."""
+        verify = relay and self.relay is not None and self.relay.verify
+        ctx = self._contexts.get(verify)
+        if ctx is not None:
+            return ctx
+        if verify and self.relay is not None:
             ctx = ssl.create_default_context(
                 cafile=str(self.relay.ca_file) if self.relay.ca_file else None
             )
         else:
-            # Opportunistic TLS (RFC 7435): encrypt if we can, do not check who answers.
-            ctx = ssl.create_default_context()
+            # Opportunistic TLS (RFC 7435): encrypt if we can, do not check who answers, so
+            # no CA bundle is needed either.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._contexts[verify] = ctx
         return ctx
 
     async def send(
