@@ -684,9 +684,10 @@ class ImapSession:
         if isinstance(name, c.UndecodableName):
             return name
         name = unicodedata.normalize("NFC", name)
-        if name.upper() == INBOX:
+        # ASCII case only: "\u0131nbox".upper() is "INBOX" in Python, but not in IMAP.
+        if name.isascii() and name.upper() == INBOX:
             return INBOX
-        if name[:6].upper() == INBOX + DELIMITER:
+        if name[:6].isascii() and name[:6].upper() == INBOX + DELIMITER:
             return INBOX + name[5:]
         return name
 
@@ -1060,7 +1061,8 @@ class ImapSession:
         if isinstance(reference, c.UndecodableName) or isinstance(pattern, c.UndecodableName):
             return _NOTHING
         full = unicodedata.normalize("NFC", reference + pattern)
-        if full[:5].upper() == INBOX and (len(full) == 5 or full[5] == DELIMITER):
+        head = full[:5]
+        if head.isascii() and head.upper() == INBOX and (len(full) == 5 or full[5] == DELIMITER):
             full = INBOX + full[5:]
         rx = "".join(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in full)
         return re.compile(rx, re.DOTALL)

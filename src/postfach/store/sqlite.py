@@ -864,7 +864,7 @@ class SqliteMailstore:
         return [self._mailbox(r) for r in rows]
 
     def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
-        if name.upper() == INBOX:
+        if name.isascii() and name.upper() == INBOX:
             name = INBOX
         row = (
             self._reader()
@@ -1125,7 +1125,7 @@ class SqliteMailstore:
         self, conn: sqlite3.Connection, batch: _Batch, account_id: int, name: str
     ) -> None:
         """RFC 9051 §6.3.4: the messages go (quota freed); inferior names stay."""
-        if name.upper() == INBOX:
+        if name.isascii() and name.upper() == INBOX:
             raise StoreError("INBOX cannot be deleted")
         mailbox_id = self._mailbox_row(conn, account_id, name)[0]
         uids = [
@@ -1148,9 +1148,9 @@ class SqliteMailstore:
     ) -> None:
         """RFC 9051 §6.3.6. Inferior names move along; renaming INBOX moves its messages into a
         new mailbox and leaves INBOX empty (its UIDNEXT is kept, so UIDs are never reused)."""
-        if old.upper() == INBOX:
+        if old.isascii() and old.upper() == INBOX:
             old = INBOX
-        if new.upper() == INBOX:
+        if new.isascii() and new.upper() == INBOX:
             raise AlreadyExists("INBOX exists already")
         if conn.execute(
             "SELECT 1 FROM mailboxes WHERE account_id=? AND name=?", (account_id, new)
