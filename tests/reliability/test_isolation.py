@@ -639,7 +639,7 @@ def test_pop3_authzid_and_login_spellings(srv: RunningServer) -> None:
         reply = pop_cmd(p, f"AUTH PLAIN {plain(authzid, ALICE, APW)}")
         assert reply.startswith(b"-ERR [AUTH]"), (authzid, reply)
         p.close()
-    for authzid in ("", ALICE):
+    for authzid in ("", ALICE, "ALICE@example.org"):
         p = pop3(srv)
         reply = pop_cmd(p, f"AUTH PLAIN {plain(authzid, ALICE, APW)}")
         assert reply.startswith(b"+OK") and b"alice@example.org" in reply, reply

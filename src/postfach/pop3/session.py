@@ -434,7 +434,10 @@ class Pop3Session:
 
     async def _login(self, username: str, password: str, authzid: str, method: str) -> Reply:
         account = await self._backend.authenticate(username, password, self._remote_ip)
-        if account is None or (authzid and authzid not in (username, account)):
+        # An authzid other than the account itself is refused (compared without case, as IMAP
+        # and submission do: "ALICE@example.org" is alice).
+        foreign = authzid and authzid.lower() not in (username.strip().lower(), account or "")
+        if account is None or foreign:
             self._auth_failures += 1
             log.info(
                 "conn=%s event=login result=fail method=%s user=%r",
