@@ -42,6 +42,7 @@ from isolation_support import (
     stored_texts,
 )
 
+from postfach.auth.passwords import hash_password
 from postfach.imap.utf7 import encode_mutf7
 from support import RunningServer
 
@@ -795,3 +796,48 @@ def test_submission_sender_must_be_alices(srv: RunningServer) -> None:
             s.rset()
     assert queue.messages() == []
     assert all(b"Subject: forged" not in t for t in stored_texts(srv, ALICE))
+
+
+# ---- a deleted account's sessions -------------------------------------------------------------
+
+
+def test_deleted_accounts_sessions_reach_nothing_of_the_next_account(srv: RunningServer) -> None:
+    """An administrator deletes an account whose owner is still connected (IMAP selected, POP3
+    with a DELE pending) and adds the next one. Finding: SQLite gave the new account the old
+    one's id (and its mailboxes the old ids), and the old IMAP session read the new account's
+    mail. Now ids are never reused and the IMAP session ends with BYE at its next command."""
+    leaver, newhire = "leaver@example.org", "newhire@example.org"
+    srv.store.add_account(leaver, hash_password("leaver pw"), 0, 0)
+    srv.send([leaver], mail("x@remote.example", leaver, "leaver mail", "for the leaver"))
+    imap = RawImap(srv.port("imap"))
+    imap.login(leaver, "leaver pw")
+    assert b"* 1 EXISTS" in imap.cmd("SELECT INBOX").untagged
+    pop = pop3(srv)
+    pop_cmd(pop, f"USER {leaver}")
+    assert pop_cmd(pop, "PASS leaver pw").startswith(b"+OK")
+    assert pop_cmd(pop, "DELE 1").startswith(b"+OK")
+    srv.store.delete_account(leaver)
+    srv.store.add_account(newhire, hash_password("newhire pw"), 0, 0)
+    try:
+        secret = "NEWHIRESECRET"
+        srv.send([newhire], mail("x@remote.example", newhire, "newhire mail", secret))
+        replies = []
+        for text in ("UID FETCH 1:* (BODY.PEEK[])", "SELECT INBOX", "FETCH 1:* (BODY.PEEK[])"):
+            replies.append(imap.cmd(text))
+            if imap.closed:
+                break
+        assert all(secret.encode() not in r.raw for r in replies), replies
+        first = replies[0]
+        assert (first.status, first.code) == ("NO", "UNAVAILABLE") and b"* BYE" in first.raw
+        assert pop_cmd(pop, "QUIT").startswith(b"-ERR [SYS/PERM]")
+        pop.close()
+        imap.close()
+        acc = srv.store.get_account(newhire)
+        assert acc is not None and acc.used_messages == 1  # the leaver's DELE hit nothing
+        texts = stored_texts(srv, newhire)
+        assert len(texts) == 1 and secret.encode() in texts[0]
+        again = RawImap(srv.port("imap"))
+        assert again.cmd(f'LOGIN "{leaver}" "leaver pw"').status == "NO"
+        again.close()
+    finally:
+        srv.store.delete_account(newhire)

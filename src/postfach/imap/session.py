@@ -636,6 +636,8 @@ class ImapSession:
                 raise ImapBad(
                     "CLIENTBUG", f"{_command_name(cmd)} not allowed in {self._state.value} state"
                 )
+            if self._state in (State.AUTHENTICATED, State.SELECTED) and type(cmd) is not c.Logout:
+                self._account()  # an administrator deleted the account meanwhile: BYE
             result = await self._handlers[type(cmd)](cmd)
         except ImapResult as exc:
             self._flush_updates(expunge=_expunge_allowed(cmd))
@@ -673,7 +675,7 @@ class ImapSession:
 
     def _account(self) -> Account:
         acc = self._store.get_account_by_id(self._account_id)
-        if acc is None:  # deleted by an administrator while logged in
+        if acc is None or acc.name != self._account_name:  # deleted by an administrator
             self._bye("account no longer exists", "account-deleted")
             raise ImapNo("UNAVAILABLE", "account no longer exists")
         return acc

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from postfach.auth.sasl import MECHANISMS, SaslError, SaslExchange, is_cancel, start_exchange
-from postfach.errors import MailboxInUse, Pop3Err
+from postfach.errors import MailboxInUse, NotFound, Pop3Err
 from postfach.pop3.protocol import (
     ALLOWED,
     COMMANDS,
@@ -512,6 +512,9 @@ class Pop3Session:
         deleted = frozenset(self._deleted)
         try:
             await maildrop.commit(deleted)
+        except NotFound:  # an administrator deleted the account during the session
+            log.info("conn=%s event=commit-gone account=%r", self._conn_id, self._account)
+            return _reply(err("the maildrop no longer exists", "SYS/PERM"), close=True)
         except Exception:
             log.exception("conn=%s event=commit-failed account=%r", self._conn_id, self._account)
             return _reply(err("some deleted messages not removed", "SYS/TEMP"), close=True)
