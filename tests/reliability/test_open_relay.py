@@ -19,6 +19,8 @@ queued mail stays queued and nothing leaves the machine.
 from __future__ import annotations
 
 import os
+import smtplib
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -339,3 +341,24 @@ def test_inbound_partial_failure_dsn_is_the_only_queued_mail(srv: RunningServer)
     finally:
         clear_queue(srv)
         srv.store.delete_account("small@example.org")
+
+
+def test_mx_takes_no_auth_even_over_tls(srv: RunningServer) -> None:
+    """The MX listener offers no AUTH: a valid password over STARTTLS is still refused, and the
+    connection stays an unauthenticated one that cannot relay."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=30) as s:
+        s.ehlo("client.test")
+        assert not s.has_extn("auth")
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        assert not s.has_extn("auth")
+        ATTEMPTS["relay-smtp"] += 1
+        code, text = s.docmd("AUTH", f"PLAIN {plain('', ALICE, PASSWORDS[ALICE])}")
+        assert code == 535 and text.startswith(b"5.7.8"), (code, text)
+        assert s.docmd("MAIL", f"FROM:<{ALICE}>")[0] == 250
+        code, text = s.docmd("RCPT", "TO:<victim@remote.example>")
+        assert (code, text[:5]) == (554, b"5.7.1")
+    assert queue(srv).messages() == []
