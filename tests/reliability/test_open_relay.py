@@ -145,6 +145,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSer
     data: Path = tmp_path_factory.mktemp("relay") / "data"
     with isolation_server(data) as (srv, errors):
         yield srv, errors
+        print("\nrelay attempts:", {k: v for k, v in sorted(ATTEMPTS.items()) if "relay" in k})
         for mode, rows in REPLIES.items():  # the table in docs/reliability/isolation.md
             print(f"\n== {mode}")
             for rcpt, reply in rows:
