@@ -546,6 +546,8 @@ UTF8_OK: list[tuple[bytes, AnyCommand]] = [
     (b'''t SELECT "Entw\xc3\xbcrfe"''', Select(T, "Entwürfe")),
     (b"t CREATE Entw&APw-rfe", Create(T, "Entw&APw-rfe")),  # no mUTF-7 once UTF-8 is on
     (b"t SELECT {5}\r\ninBOX", Select(T, "INBOX")),
+    # INBOX is case-insensitive in ASCII only: Python's "\u0131nbox".upper() is "INBOX"
+    (b't SELECT "\xc4\xb1nbox"', Select(T, "\u0131nbox")),
     (
         b'''t LIST "" "\xe6\x97\xa5*"''',
         List(T, "", ("日*",)),

@@ -60,6 +60,7 @@ def test_astring_nstring_literal() -> None:
 
 def test_mailbox_name() -> None:
     assert mailbox_name("inbox", False) == b"INBOX"
+    assert mailbox_name("\u0131nbox", True) == b'"\xc4\xb1nbox"'  # dotless i: not INBOX
     assert mailbox_name("Entwürfe", False) == b"Entw&APw-rfe"
     assert mailbox_name("Entwürfe", True) == b'"Entw\xc3\xbcrfe"'
     assert mailbox_name("Sent Items", False) == b'"Sent Items"'

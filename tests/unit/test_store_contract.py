@@ -263,6 +263,43 @@ def test_delete_account_frees_blobs(store: SqliteMailstore) -> None:
     assert store.check().clean
 
 
+def test_account_and_mailbox_ids_are_never_reused(store: SqliteMailstore) -> None:
+    """A session of a deleted account knows it by id: the next account must not get that id,
+    nor its mailboxes the deleted mailboxes' ids (isolation, docs/reliability/isolation.md)."""
+    old = store.add_account("leaver@example.org", "h")
+    old_boxes = {b.id for b in store.list_mailboxes(old.id)}
+    temp = store.create_mailbox(old.id, "Temp")
+    store.delete_mailbox(old.id, "Temp")
+    assert store.create_mailbox(old.id, "Temp2") > temp
+    store.delete_account("leaver@example.org")
+    new = store.add_account("newhire@example.org", "h")
+    assert new.id > old.id
+    new_boxes = {b.id for b in store.list_mailboxes(new.id)}
+    assert min(new_boxes) > max(old_boxes | {temp})
+    assert store.get_mailbox(old.id, INBOX) is None
+
+
+def test_id_counters_start_after_existing_rows(tmp_path: Path) -> None:
+    """Migration 6 on a database made before it: the counters start at the highest ids."""
+    s = SqliteMailstore(tmp_path / "d")
+    s.add_domain("example.org")
+    a = s.add_account("a@example.org", "h")
+    top_box = max(b.id for b in s.list_mailboxes(a.id))
+    s.close()
+    conn = sqlite3.connect(tmp_path / "d" / "postfach.db")
+    conn.execute("DELETE FROM counters WHERE name IN ('account_id', 'mailbox_id')")
+    conn.execute("PRAGMA user_version = 5")
+    conn.commit()
+    conn.close()
+    s = SqliteMailstore(tmp_path / "d")
+    try:
+        b = s.add_account("b@example.org", "h")
+        assert b.id == a.id + 1
+        assert min(m.id for m in s.list_mailboxes(b.id)) == top_box + 1
+    finally:
+        s.close()
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     s = SqliteMailstore(tmp_path / "d")
     s.close()

@@ -374,7 +374,7 @@ class _Cursor:
     def expect_mailbox(self, what: str = "a mailbox name") -> str:
         """mailbox = "INBOX" / astring (RFC 9051 §9); INBOX is case-insensitive."""
         name = self.name_text(self.expect_astring_bytes(what), what)
-        return "INBOX" if name.upper() == "INBOX" else name
+        return "INBOX" if name.isascii() and name.upper() == "INBOX" else name
 
     def expect_list_mailbox(self) -> str:
         """list-mailbox = 1*list-char / string (RFC 9051 §9): wildcards allowed unquoted."""

@@ -97,7 +97,7 @@ def mailbox_name(name: str, utf8_enabled: bool) -> bytes:
 
     Modified UTF-7 unless UTF-8 is enabled (IMAP4rev2 or UTF8=ACCEPT); ``INBOX`` as an atom.
     """
-    if name.upper() == "INBOX":
+    if name.isascii() and name.upper() == "INBOX":
         return b"INBOX"
     wire = name if utf8_enabled else encode_mutf7(name)
     return astring(wire, utf8=utf8_enabled)

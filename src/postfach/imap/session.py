@@ -644,6 +644,8 @@ class ImapSession:
                 raise ImapBad(
                     "CLIENTBUG", f"{_command_name(cmd)} not allowed in {self._state.value} state"
                 )
+            if self._state in (State.AUTHENTICATED, State.SELECTED) and type(cmd) is not c.Logout:
+                self._account()  # an administrator deleted the account meanwhile: BYE
             result = await self._handlers[type(cmd)](cmd)
         except ImapResult as exc:
             self._flush_updates(expunge=_expunge_allowed(cmd))
@@ -688,7 +690,7 @@ class ImapSession:
 
     def _account(self) -> Account:
         acc = self._store.get_account_by_id(self._account_id)
-        if acc is None:  # deleted by an administrator while logged in
+        if acc is None or acc.name != self._account_name:  # deleted by an administrator
             self._bye("account no longer exists", "account-deleted")
             raise ImapNo("UNAVAILABLE", "account no longer exists")
         return acc
@@ -699,9 +701,10 @@ class ImapSession:
         if isinstance(name, c.UndecodableName):
             return name
         name = unicodedata.normalize("NFC", name)
-        if name.upper() == INBOX:
+        # ASCII case only: "\u0131nbox".upper() is "INBOX" in Python, but not in IMAP.
+        if name.isascii() and name.upper() == INBOX:
             return INBOX
-        if name[:6].upper() == INBOX + DELIMITER:
+        if name[:6].isascii() and name[:6].upper() == INBOX + DELIMITER:
             return INBOX + name[5:]
         return name
 
@@ -1081,7 +1084,8 @@ class ImapSession:
         if isinstance(reference, c.UndecodableName) or isinstance(pattern, c.UndecodableName):
             return _NOTHING
         full = unicodedata.normalize("NFC", reference + pattern)
-        if full[:5].upper() == INBOX and (len(full) == 5 or full[5] == DELIMITER):
+        head = full[:5]
+        if head.isascii() and head.upper() == INBOX and (len(full) == 5 or full[5] == DELIMITER):
             full = INBOX + full[5:]
         rx = "".join(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in full)
         return re.compile(rx, re.DOTALL)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from postfach.auth.sasl import MECHANISMS, SaslError, SaslExchange, is_cancel, start_exchange
-from postfach.errors import DiskFull, LoginLockedOut, MailboxInUse, Pop3Err
+from postfach.errors import DiskFull, LoginLockedOut, MailboxInUse, NotFound, Pop3Err
 from postfach.pop3.protocol import (
     ALLOWED,
     COMMANDS,
@@ -449,7 +449,10 @@ class Pop3Session:
             if self._auth_failures >= self._settings.max_auth_failures:
                 return _reply(err(text, "SYS/TEMP"), close=True)
             raise Pop3Err(text, "SYS/TEMP") from None  # RFC 3206: not the credentials' fault
-        if account is None or (authzid and authzid not in (username, account)):
+        # An authzid other than the account itself is refused (compared without case, as IMAP
+        # and submission do: "ALICE@example.org" is alice).
+        foreign = authzid and authzid.lower() not in (username.strip().lower(), account or "")
+        if account is None or foreign:
             self._auth_failures += 1
             log.info(
                 "conn=%s event=login result=fail method=%s user=%r",
@@ -527,6 +530,9 @@ class Pop3Session:
         except DiskFull:
             log.warning("conn=%s event=commit-failed reason=disk-full", self._conn_id)
             return _reply(err("some deleted messages not removed", "SYS/TEMP"), close=True)
+        except NotFound:  # an administrator deleted the account during the session
+            log.info("conn=%s event=commit-gone account=%r", self._conn_id, self._account)
+            return _reply(err("the maildrop no longer exists", "SYS/PERM"), close=True)
         except Exception:
             log.exception("conn=%s event=commit-failed account=%r", self._conn_id, self._account)
             return _reply(err("some deleted messages not removed", "SYS/TEMP"), close=True)

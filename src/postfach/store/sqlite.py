@@ -166,6 +166,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE accounts ADD COLUMN sent_copy TEXT NOT NULL DEFAULT 'off';
     """,
+    # 6: account and mailbox ids are never reused. SQLite gives a new row max(id) + 1, so
+    # deleting the newest account and adding another handed its id, and its mailboxes' ids, to
+    # the new one, and a session of the deleted account still logged in read the new one's mail
+    # (sessions and the hub know accounts and mailboxes by id). The last ids issued are kept here.
+    """
+    INSERT INTO counters(name, value) SELECT 'account_id', coalesce(max(id), 0) FROM accounts;
+    INSERT INTO counters(name, value) SELECT 'mailbox_id', coalesce(max(id), 0) FROM mailboxes;
+    """,
 )
 
 
@@ -672,19 +680,35 @@ class SqliteMailstore:
             raise NotFound(f"no domain {domain}; add it with: postfach domain add {domain}")
         if conn.execute("SELECT 1 FROM accounts WHERE name=?", (name,)).fetchone():
             raise AlreadyExists(f"account {name} exists already")
-        cur = conn.execute(
-            "INSERT INTO accounts(name, domain, password, quota_bytes, quota_messages, created)"
-            " VALUES (?,?,?,?,?,?)",
-            (name, domain, password_hash, quota_bytes, quota_messages, int(time.time())),
+        account_id = self._new_id(conn, "account_id", "accounts")
+        conn.execute(
+            "INSERT INTO accounts(id, name, domain, password, quota_bytes, quota_messages, created)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                account_id,
+                name,
+                domain,
+                password_hash,
+                quota_bytes,
+                quota_messages,
+                int(time.time()),
+            ),
         )
-        account_id = cur.lastrowid
-        assert account_id is not None
         for mbox, special in DEFAULT_MAILBOXES:
             self._create_mailbox(conn, account_id, mbox, special)
             conn.execute(
                 "INSERT INTO subscriptions(account_id, name) VALUES (?, ?)", (account_id, mbox)
             )
         return Account(account_id, name, quota_bytes, quota_messages, 0, 0, "off")
+
+    @staticmethod
+    def _new_id(conn: sqlite3.Connection, counter: str, table: str) -> int:
+        """A row id never issued before in ``table`` (see migration 6)."""
+        (last,) = conn.execute("SELECT value FROM counters WHERE name=?", (counter,)).fetchone()
+        (top,) = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
+        value = max(int(last), int(top)) + 1
+        conn.execute("UPDATE counters SET value=? WHERE name=?", (value, counter))
+        return value
 
     @staticmethod
     def _new_uidvalidity(conn: sqlite3.Connection) -> int:
@@ -699,12 +723,13 @@ class SqliteMailstore:
     def _create_mailbox(
         self, conn: sqlite3.Connection, account_id: int, name: str, special: str | None
     ) -> int:
-        cur = conn.execute(
-            "INSERT INTO mailboxes(account_id, name, special_use, uidvalidity) VALUES (?,?,?,?)",
-            (account_id, name, special, self._new_uidvalidity(conn)),
+        mailbox_id = self._new_id(conn, "mailbox_id", "mailboxes")
+        conn.execute(
+            "INSERT INTO mailboxes(id, account_id, name, special_use, uidvalidity)"
+            " VALUES (?,?,?,?,?)",
+            (mailbox_id, account_id, name, special, self._new_uidvalidity(conn)),
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return mailbox_id
 
     @staticmethod
     def _account(row: Sequence[Any]) -> Account:
@@ -947,7 +972,7 @@ class SqliteMailstore:
         return [self._mailbox(r) for r in rows]
 
     def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
-        if name.upper() == INBOX:
+        if name.isascii() and name.upper() == INBOX:
             name = INBOX
         row = (
             self._reader()
@@ -1208,7 +1233,7 @@ class SqliteMailstore:
         self, conn: sqlite3.Connection, batch: _Batch, account_id: int, name: str
     ) -> None:
         """RFC 9051 §6.3.4: the messages go (quota freed); inferior names stay."""
-        if name.upper() == INBOX:
+        if name.isascii() and name.upper() == INBOX:
             raise StoreError("INBOX cannot be deleted")
         mailbox_id = self._mailbox_row(conn, account_id, name)[0]
         uids = [
@@ -1231,9 +1256,9 @@ class SqliteMailstore:
     ) -> None:
         """RFC 9051 §6.3.6. Inferior names move along; renaming INBOX moves its messages into a
         new mailbox and leaves INBOX empty (its UIDNEXT is kept, so UIDs are never reused)."""
-        if old.upper() == INBOX:
+        if old.isascii() and old.upper() == INBOX:
             old = INBOX
-        if new.upper() == INBOX:
+        if new.isascii() and new.upper() == INBOX:
             raise AlreadyExists("INBOX exists already")
         if conn.execute(
             "SELECT 1 FROM mailboxes WHERE account_id=? AND name=?", (account_id, new)
