@@ -141,7 +141,10 @@ def _read_password(from_stdin: bool) -> str:
 @click.pass_context
 def cli(ctx: click.Context, data: Path | None) -> None:
     """postfach: a complete mail system (SMTP, POP3, IMAP) in one package."""
-    os.umask(0o077)  # mail, keys and the database are for the server's user only
+    # Mail, keys and the database are for the server's user only. Restored afterwards for
+    # whoever runs the command inside a longer-lived process (the tests do, with CliRunner).
+    previous_umask = os.umask(0o077)
+    ctx.call_on_close(lambda: os.umask(previous_umask))
     if ctx.invoked_subcommand not in _OWN_USER_COMMANDS:
         # As root, work as the data directory's owner (the user `serve` drops to), so that no
         # database journal, blob directory or key is left that the server cannot open.
