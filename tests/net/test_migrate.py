@@ -268,8 +268,9 @@ def test_fingerprint_pin(remote: RunningServer, local: Path, pwfile: Path) -> No
     from postfach.tls import fingerprint
 
     fp = "SHA256:" + fingerprint(remote.data / "tls" / "cert.pem")
+    # The password from a command this time.
     r = run_cli("migrate", "--from", f"imaps://{REMOTE}@127.0.0.1:{remote.port('imaps')}",
-                "--to", LOCAL, "--password-file", str(pwfile), "--fingerprint", fp,
+                "--to", LOCAL, "--password-command", f"cat {pwfile}", "--fingerprint", fp,
                 data=local)  # fmt: skip
     assert r.exit_code == 0, r.output
     assert local_snapshot(local) == snapshot(remote.store, REMOTE)
