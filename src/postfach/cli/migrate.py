@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
@@ -159,16 +158,22 @@ def _copy_progress(
         yield None
         return
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description:<24}"), BarColumn(),
-        MofNCompleteColumn(), TextColumn("messages"), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
-    ) as p:  # fmt: skip
-        task = p.add_task("copying", total=total_messages)
-        octets = p.add_task("", total=total_bytes, visible=False)
+        SpinnerColumn(),
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}/{task.fields[of]} messages"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as p:
+        task = p.add_task("copying", total=total_bytes, done=0, of=total_messages)
+        done = 0
 
         def step(work: FolderWork, n: int, size: int) -> None:
-            p.update(task, advance=n, description=work.remote[:24])
-            p.update(octets, advance=size)
+            nonlocal done
+            done += n
+            p.update(task, advance=size, description=work.remote[:24], done=done)
 
         yield step
 
