@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import shutil
 import smtplib
 import tempfile
 import threading
@@ -276,8 +277,6 @@ class _Story:
         self.c.print(bar, f" {self.t['quota']}: {human_size(used)} / {human_size(QUOTA)}")
 
     def reset_devices(self, *devices: str) -> None:
-        import shutil
-
         for d in devices:
             shutil.rmtree(self.root / d, ignore_errors=True)
 

@@ -268,8 +268,9 @@ def test_fingerprint_pin(remote: RunningServer, local: Path, pwfile: Path) -> No
     from postfach.tls import fingerprint
 
     fp = "SHA256:" + fingerprint(remote.data / "tls" / "cert.pem")
+    # The password from a command this time.
     r = run_cli("migrate", "--from", f"imaps://{REMOTE}@127.0.0.1:{remote.port('imaps')}",
-                "--to", LOCAL, "--password-file", str(pwfile), "--fingerprint", fp,
+                "--to", LOCAL, "--password-command", f"cat {pwfile}", "--fingerprint", fp,
                 data=local)  # fmt: skip
     assert r.exit_code == 0, r.output
     assert local_snapshot(local) == snapshot(remote.store, REMOTE)
@@ -294,3 +295,28 @@ def test_migrator_api_reports_plan(remote: RunningServer, local: Path) -> None:
         c.logout()
         state.close()
         store.close()
+
+
+def test_account_from_sync_toml(
+    remote: RunningServer, local: Path, pwfile: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "sync.toml"
+    config.write_text(f"""\
+[account.old]
+host = "127.0.0.1"
+port = {remote.port("imap")}
+tls = "none"
+user = "{REMOTE}"
+password_file = "{pwfile}"
+maildir = "{tmp_path / "unused"}"
+""")
+    r = run_cli("migrate", "--sync-account", "old", "--config", str(config), "--to", LOCAL,
+                data=local)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert local_snapshot(local) == snapshot(remote.store, REMOTE)
+    r = run_cli("migrate", "--sync-account", "nope", "--config", str(config), "--to", LOCAL,
+                data=local)  # fmt: skip
+    assert r.exit_code == 1 and "no account 'nope'" in r.stderr
+    r = run_cli("migrate", "--sync-account", "old", "--config", str(config), "--from",
+                "imaps://x@y", "--to", LOCAL, data=local)  # fmt: skip
+    assert r.exit_code == 1 and "drop --from" in r.stderr

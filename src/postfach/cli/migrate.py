@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
@@ -27,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from postfach.cli.sync import SyncError, connect, read_password
+from postfach.cli.sync import SyncError, connect, load_config, read_password
 from postfach.client.config import parse_fingerprint
 from postfach.client.errors import FetchConfigError
 from postfach.client.imap import ImapError
@@ -41,7 +40,7 @@ from postfach.client.migrate.run import (
 from postfach.client.migrate.state import MigrateState, MigrateStateError
 from postfach.client.parse import ProtocolError
 from postfach.client.policy import human_size
-from postfach.client.sync.account import SyncAccount
+from postfach.client.sync.account import SyncAccount, SyncConfigError
 from postfach.store.sqlite import SqliteMailstore
 
 __all__ = ["migrate_command", "parse_source"]
@@ -159,16 +158,22 @@ def _copy_progress(
         yield None
         return
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description:<24}"), BarColumn(),
-        MofNCompleteColumn(), TextColumn("messages"), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
-    ) as p:  # fmt: skip
-        task = p.add_task("copying", total=total_messages)
-        octets = p.add_task("", total=total_bytes, visible=False)
+        SpinnerColumn(),
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}/{task.fields[of]} messages"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as p:
+        task = p.add_task("copying", total=total_bytes, done=0, of=total_messages)
+        done = 0
 
         def step(work: FolderWork, n: int, size: int) -> None:
-            p.update(task, advance=n, description=work.remote[:24])
-            p.update(octets, advance=size)
+            nonlocal done
+            done += n
+            p.update(task, advance=size, description=work.remote[:24], done=done)
 
         yield step
 
@@ -177,9 +182,19 @@ def _copy_progress(
 @click.option(
     "--from",
     "source",
-    required=True,
     metavar="URL",
     help="The remote account: imaps://USER@HOST[:PORT] (or imap:// for STARTTLS).",
+)
+@click.option(
+    "--sync-account",
+    metavar="NAME",
+    help="Instead of --from and the password options: an account of sync.toml.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --sync-account: the sync.toml to read (default ~/.config/postfach/sync.toml).",
 )
 @click.option("--to", "target", required=True, metavar="ADDRESS", help="The postfach account.")
 @click.option(
@@ -207,7 +222,8 @@ def _copy_progress(
 @click.option("-v", "--verbose", is_flag=True, help="Log every IMAP command (debug level).")
 @click.pass_obj
 def migrate_command(
-    obj: Any, source: str, target: str, password_file: Path | None,
+    obj: Any, source: str | None, sync_account: str | None, config_file: Path | None,
+    target: str, password_file: Path | None,
     password_command: str | None, fingerprint: str | None, ca_file: Path | None,
     tls: str | None, timeout: float, dry_run: bool, quiet: bool, verbose: bool,
 ) -> None:  # fmt: skip
@@ -224,28 +240,20 @@ def migrate_command(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    try:
-        host, port, user, mode = parse_source(source, tls)
-    except click.BadParameter as exc:
-        fail(f"--from: {exc.message}")
-    if not user:
-        fail("--from: no user in the URL (imaps://USER@HOST)")
-    if (password_file is None) == (password_command is None):
-        fail("give exactly one of --password-file or --password-command")
-    pin = None
-    if fingerprint is not None:
-        if mode == "none":
-            fail("--fingerprint needs TLS")
+    if sync_account is not None:
+        if source or password_file or password_command or fingerprint or ca_file or tls:
+            fail("--sync-account takes the server, TLS and password from sync.toml; drop"
+                 " --from, --password-*, --fingerprint, --ca-file and --tls")  # fmt: skip
         try:
-            pin = parse_fingerprint(fingerprint)
-        except FetchConfigError as exc:
+            account = load_config(config_file).account(sync_account)
+        except SyncConfigError as exc:
             fail(str(exc))
-    account = SyncAccount(
-        name="migrate", host=host, user=user, maildir="", port=port, tls=mode,
-        fingerprint=pin, ca_file=str(ca_file) if ca_file else None,
-        password_command=password_command,
-        password_file=str(password_file) if password_file else None, timeout=timeout,
-    )  # fmt: skip
+    elif source is None:
+        fail("give --from imaps://USER@HOST (or --sync-account NAME)")
+    else:
+        account = _account_from_options(
+            source, password_file, password_command, fingerprint, ca_file, tls, timeout
+        )
     store = obj.store()
     assert isinstance(store, SqliteMailstore)
     acc = store.get_account(target)
@@ -274,6 +282,34 @@ def migrate_command(
         finally:
             state.close()
     sys.exit(code)
+
+
+def _account_from_options(
+    source: str, password_file: Path | None, password_command: str | None,
+    fingerprint: str | None, ca_file: Path | None, tls: str | None, timeout: float,
+) -> SyncAccount:  # fmt: skip
+    try:
+        host, port, user, mode = parse_source(source, tls)
+    except click.BadParameter as exc:
+        fail(f"--from: {exc.message}")
+    if not user:
+        fail("--from: no user in the URL (imaps://USER@HOST)")
+    if (password_file is None) == (password_command is None):
+        fail("give exactly one of --password-file or --password-command")
+    pin = None
+    if fingerprint is not None:
+        if mode == "none":
+            fail("--fingerprint needs TLS")
+        try:
+            pin = parse_fingerprint(fingerprint)
+        except FetchConfigError as exc:
+            fail(str(exc))
+    return SyncAccount(
+        name="migrate", host=host, user=user, maildir="", port=port, tls=mode,
+        fingerprint=pin, ca_file=str(ca_file) if ca_file else None,
+        password_command=password_command,
+        password_file=str(password_file) if password_file else None, timeout=timeout,
+    )  # fmt: skip
 
 
 def _run(

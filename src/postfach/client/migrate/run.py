@@ -39,7 +39,7 @@ from postfach.client.migrate.state import MigrateState
 from postfach.client.parse import Data, Token, Untagged, fetch_items
 from postfach.client.policy import human_size
 from postfach.client.sync.names import message_id
-from postfach.errors import OverQuota
+from postfach.errors import OverQuota, StoreError
 from postfach.imap.response import parse_date_time
 from postfach.imap.sequence import format_sequence_set
 from postfach.mime.stored import parse_for_storage
@@ -129,7 +129,7 @@ class MigrateReport:
         return [f for f in self.folders if not f.map.copied]
 
 
-#: Called after each stored batch: (folder, messages, octets).
+#: Called after each batch: (folder, messages handled, their octets as the survey saw them).
 Progress = Callable[[FolderWork, int, int], None]
 
 
@@ -349,7 +349,11 @@ class Migrator:
             if local is None or work.error:
                 continue
             if local not in existing:
-                self.store.create_mailbox(self.account.id, local)
+                try:
+                    self.store.create_mailbox(self.account.id, local)
+                except StoreError as exc:  # a name postfach refuses: report it, go on
+                    work.error = f"cannot create {local}: {exc}"
+                    continue
                 existing.add(local)
                 work.created = True
             if work.map.remote.subscribed and local not in subs:
@@ -463,7 +467,7 @@ class Migrator:
         work.copied_bytes += octets
         work.duplicates += len(dups)
         if progress is not None:
-            progress(work, n + len(dups) + len(wanted), octets)
+            progress(work, len(chunk), sum(m.size for m in chunk))
 
 
 def _lower(items: frozenset[str]) -> set[str]:
