@@ -22,6 +22,7 @@ from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
 from postfach.imap.server import start_imap_server
 from postfach.imap.session import ImapBackend, ImapSettings
+from postfach.limits import SessionCounter
 from postfach.maildrop import StorePop3Backend
 from postfach.mime.stored import parse_for_storage
 from postfach.outbound import Outbound, SubmitSettings
@@ -75,6 +76,7 @@ class App:
                     loop.add_signal_handler(sig, self._stopped.set)
         self.store = store = open_store(cfg.data_dir)
         self.hub.bind(asyncio.get_running_loop())
+        self.hub.sessions = SessionCounter(cfg.limits.max_sessions_per_user)
         store.set_publisher(self.hub.publish)
         try:
             self.created_certificate = ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.hostname)
@@ -137,6 +139,7 @@ class App:
                     data_size_limit=cfg.max_message_size,
                     lmtp=lmtp,
                     timeout=cfg.smtp_timeout,
+                    limits=cfg.limits,
                 )
                 await self._listen(name, addr, loop.create_server(factory, *addr))
             for name, addr, implicit in (
@@ -155,12 +158,10 @@ class App:
                     plaintext_auth_on_loopback=cfg.allow_plaintext_on_loopback,
                     plaintext_auth=cfg.allow_plaintext,
                     timeout=cfg.smtp_timeout,
+                    limits=cfg.limits,
                 )
-                await self._listen(
-                    name,
-                    addr,
-                    loop.create_server(sub_factory, *addr, ssl=tls if implicit else None),
-                )
+                # Implicit TLS too: the protocol starts it once the connection is admitted.
+                await self._listen(name, addr, loop.create_server(sub_factory, *addr))
             for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
                 if addr is None:
                     continue
@@ -181,6 +182,7 @@ class App:
                         addr[1],
                         ssl_context=tls,
                         implicit_tls=implicit,
+                        limits=cfg.limits,
                     ),
                 )
             imap_backend = ImapBackend(store, self.hub, auth.authenticate)
@@ -196,6 +198,7 @@ class App:
                     # RFC 9051 §5.4; Config may carry its own values (tests shorten them).
                     autologout_authenticated=cfg.imap_autologout,
                     autologout_unauthenticated=cfg.imap_login_timeout,
+                    max_line=cfg.limits.max_line,
                 )
                 await self._listen(
                     name,
@@ -207,6 +210,7 @@ class App:
                         addr[1],
                         ssl_context=tls,
                         implicit_tls=implicit,
+                        limits=cfg.limits,
                     ),
                 )
             runner.start()

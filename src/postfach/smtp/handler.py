@@ -16,6 +16,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postfach.delivery import DeliveryTxn, LocalDelivery
 from postfach.errors import SmtpError
+from postfach.limits import Limits
+from postfach.smtp.limits import ConnectionLimits, LimitedSMTP
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,11 @@ class _EnhancedCodes:
         await super().push(status)  # type: ignore[misc]
 
 
-class PostfachSMTP(_EnhancedCodes, SMTP):
+class PostfachSMTP(_EnhancedCodes, LimitedSMTP):
     pass
 
 
-class PostfachLMTP(_EnhancedCodes, LMTP):
+class PostfachLMTP(_EnhancedCodes, LimitedSMTP, LMTP):
     pass
 
 
@@ -202,9 +204,11 @@ def make_smtp_factory(
     data_size_limit: int,
     lmtp: bool = False,
     timeout: float = 300,
+    limits: Limits | None = None,
 ) -> Any:
     """A protocol factory for ``loop.create_server`` (one aiosmtpd protocol per connection)."""
     handler = InboundHandler(delivery, lmtp=lmtp)
+    shared = ConnectionLimits(limits)
 
     def factory() -> SMTP:
         cls = PostfachLMTP if lmtp else PostfachSMTP
@@ -218,6 +222,7 @@ def make_smtp_factory(
             tls_context=None if lmtp else tls_context,
             timeout=timeout,
             auth_require_tls=True,
+            connection_limits=shared,
         )
 
     return factory
