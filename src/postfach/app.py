@@ -23,6 +23,7 @@ from postfach.dkim import DkimKeys
 from postfach.imap.server import start_imap_server
 from postfach.imap.session import ImapBackend, ImapSettings
 from postfach.limits import SessionCounter
+from postfach.listener import LISTEN_BACKLOG
 from postfach.maildrop import StorePop3Backend
 from postfach.mime.stored import parse_for_storage
 from postfach.outbound import Outbound, SubmitSettings
@@ -141,7 +142,9 @@ class App:
                     timeout=cfg.smtp_timeout,
                     limits=cfg.limits,
                 )
-                await self._listen(name, addr, loop.create_server(factory, *addr))
+                await self._listen(
+                    name, addr, loop.create_server(factory, *addr, backlog=LISTEN_BACKLOG)
+                )
             for name, addr, implicit in (
                 ("submission", ls.submission, False),
                 ("submissions", ls.submissions, True),
@@ -161,7 +164,9 @@ class App:
                     limits=cfg.limits,
                 )
                 # Implicit TLS too: the protocol starts it once the connection is admitted.
-                await self._listen(name, addr, loop.create_server(sub_factory, *addr))
+                await self._listen(
+                    name, addr, loop.create_server(sub_factory, *addr, backlog=LISTEN_BACKLOG)
+                )
             for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
                 if addr is None:
                     continue

@@ -27,6 +27,10 @@ from typing import Any, Protocol, Self
 
 from postfach.limits import ConnectionCounter, Limits, Refusal, Slot, input_deadline, output_stalled
 
+#: connections the kernel may queue before we accept them (asyncio's default is 100: a burst of
+#: connections would see SYNs dropped and retried a second later)
+LISTEN_BACKLOG = 1024
+
 
 class TrackedConnection(Protocol):
     task: asyncio.Task[None] | None
@@ -108,7 +112,9 @@ class Listener(asyncio.AbstractServer):
             raise RuntimeError("already started")
         loop = asyncio.get_running_loop()
         # Implicit TLS too listens in plain TCP: the connection starts TLS once it is admitted.
-        self._server = await loop.create_server(self._new_connection, self.host, self.port)
+        self._server = await loop.create_server(
+            self._new_connection, self.host, self.port, backlog=LISTEN_BACKLOG
+        )
         self._log.info(
             "event=listen addresses=%s tls=%s",
             ",".join(f"{a[0]}:{a[1]}" for a in self.addresses),
