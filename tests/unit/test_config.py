@@ -62,7 +62,7 @@ def test_limits_defaults_and_file(tmp_path: Path) -> None:
     (tmp_path / "postfach.toml").write_text(
         "[limits]\nmax_connections = 3000\nmax_connections_per_ip = 0\n"
         'max_sessions_per_user = 3\nmax_line = "16K"\nmin_rate = "4K"\n'
-        "command_timeout = 5\nwrite_timeout = 2.5\nmax_message_size = \"1M\"\n"
+        'command_timeout = 5\nwrite_timeout = 2.5\nmax_message_size = "1M"\n'
     )
     cfg = load_config(tmp_path, env={})
     lim = cfg.limits
