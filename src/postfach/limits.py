@@ -24,6 +24,7 @@ __all__ = [
     "ConnectionCounter",
     "Limits",
     "Refusal",
+    "RefusalLog",
     "SessionCounter",
     "Slot",
     "client_key",
@@ -71,6 +72,24 @@ class Limits:
 class Refusal(enum.Enum):
     TOTAL = "too many connections"
     PER_IP = "too many connections from your address"
+
+
+class RefusalLog:
+    """At most one log line per reason and second under a flood, with the count it stands for."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict[Refusal, float] = {}
+        self._unlogged: dict[Refusal, int] = {}
+
+    def note(self, refusal: Refusal, now: float) -> int:
+        """Count a refusal; the number to log now (this one and those held back), or 0."""
+        n = self._unlogged.get(refusal, 0) + 1
+        if now - self._last.get(refusal, float("-inf")) < self.interval:
+            self._unlogged[refusal] = n
+            return 0
+        self._last[refusal], self._unlogged[refusal] = now, 0
+        return n
 
 
 def client_key(ip: str) -> str:

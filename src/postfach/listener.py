@@ -25,7 +25,15 @@ import ssl
 from collections.abc import Sequence
 from typing import Any, Protocol, Self
 
-from postfach.limits import ConnectionCounter, Limits, Refusal, Slot, input_deadline, output_stalled
+from postfach.limits import (
+    ConnectionCounter,
+    Limits,
+    Refusal,
+    RefusalLog,
+    Slot,
+    input_deadline,
+    output_stalled,
+)
 
 #: connections the kernel may queue before we accept them (asyncio's default is 100: a burst of
 #: connections would see SYNs dropped and retried a second later)
@@ -63,8 +71,7 @@ class Listener(asyncio.AbstractServer):
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()
-        self._refusals_logged_at = float("-inf")
-        self._refusals_unlogged = 0
+        self._refusal_log = RefusalLog()
 
     # ---- what a subclass provides ------------------------------------------------------------
 
@@ -87,24 +94,15 @@ class Listener(asyncio.AbstractServer):
         else:
             transport.write(self.refusal_line(refusal))
             transport.close()
-        # One log line per second at most: a flood must not turn into a flood of log lines.
-        now = asyncio.get_running_loop().time()
-        self._refusals_unlogged += 1
-        if now - self._refusals_logged_at >= 1.0:
+        count = self._refusal_log.note(refusal, asyncio.get_running_loop().time())
+        if count:  # at most one line per second and reason: a flood must not flood the log
             self._log.warning(
                 "event=refused reason=%s remote=%s count=%d held=%d",
                 "per-ip" if refusal is Refusal.PER_IP else "total",
                 ip,
-                self._refusals_unlogged,
+                count,
                 self.counter.total,
             )
-            self._refusals_logged_at = now
-            self._refusals_unlogged = 0
-
-    def _track(self, conn: TrackedConnection) -> None:
-        self._connections.add(conn)
-        if conn.task is not None:
-            conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
 
     async def start(self) -> None:
         """Bind and start accepting connections."""

@@ -8,6 +8,7 @@ from postfach.limits import (
     ConnectionCounter,
     Limits,
     Refusal,
+    RefusalLog,
     SessionCounter,
     Slot,
     client_key,
@@ -105,3 +106,11 @@ def test_output_stall_needs_the_minimum_rate_or_an_empty_buffer() -> None:
 def test_nonsense_limits_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Limits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_refusals_are_logged_once_a_second_per_reason_with_their_count() -> None:
+    log = RefusalLog()
+    assert log.note(Refusal.TOTAL, 10.0) == 1
+    assert log.note(Refusal.PER_IP, 10.1) == 1  # another reason has its own second
+    assert [log.note(Refusal.TOTAL, 10.0 + k / 10) for k in range(1, 9)] == [0] * 8
+    assert log.note(Refusal.TOTAL, 11.0) == 9  # this one and the eight held back

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, syntax
 
-from postfach.limits import ConnectionCounter, Limits, Refusal, Slot, input_deadline
+from postfach.limits import ConnectionCounter, Limits, Refusal, RefusalLog, Slot, input_deadline
 
 log = logging.getLogger("postfach.smtp.limits")
 
@@ -46,21 +46,18 @@ class ConnectionLimits:
         self.limits = limits = limits if limits is not None else Limits()
         self.counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_ip)
         self.implicit_tls = implicit_tls
-        self._logged_at = float("-inf")
-        self._unlogged = 0
+        self._refusal_log = RefusalLog()
 
     def log_refusal(self, refusal: Refusal, ip: str, now: float) -> None:
-        """One log line per second at most, with the number refused since the last one."""
-        self._unlogged += 1
-        if now - self._logged_at >= 1.0:
+        count = self._refusal_log.note(refusal, now)
+        if count:  # at most one line per second and reason: a flood must not flood the log
             log.warning(
                 "event=refused reason=%s remote=%s count=%d held=%d",
                 "per-ip" if refusal is Refusal.PER_IP else "total",
                 ip,
-                self._unlogged,
+                count,
                 self.counter.total,
             )
-            self._logged_at, self._unlogged = now, 0
 
 
 class LimitedSMTP(SMTP):
