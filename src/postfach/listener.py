@@ -104,6 +104,11 @@ class Listener(asyncio.AbstractServer):
                 self.counter.total,
             )
 
+    def _track(self, conn: TrackedConnection) -> None:
+        self._connections.add(conn)
+        if conn.task is not None:
+            conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
+
     async def start(self) -> None:
         """Bind and start accepting connections."""
         if self._server is not None:

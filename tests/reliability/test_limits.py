@@ -314,3 +314,116 @@ def test_clients_that_never_read_are_dropped(tmp_path: Path) -> None:
         imap.login(USER, PASSWORD)
         assert imap.select("INBOX")[1] == [b"12"]
         imap.logout()
+
+
+# ---- (b) the flood -------------------------------------------------------------------------
+
+FLOOD_PER_IP = 50  # = max_connections_per_ip
+FLOOD_IPS = 16  # per service: 16 addresses x 50 = 800 connections each, 2400 in all
+FIRST_BYTES = {"smtp": b"EHLO flood", "imap": b"f1 LOGIN flood", "pop3": b"USER flood"}
+
+
+def server_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def server_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def normal_client(server: ServerProcess, subject: str) -> dict[str, float]:
+    """Deliver by SMTP, then read it back by IMAP and POP3; seconds for each."""
+    took: dict[str, float] = {}
+    t = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("bob@example.net", [USER], message(subject))
+    took["smtp"] = time.monotonic() - t
+    t = time.monotonic()
+    imap = imaplib.IMAP4("127.0.0.1", server.port("imap"), timeout=30)
+    imap.login(USER, PASSWORD)
+    imap.select("INBOX")
+    typ, found = imap.search(None, "SUBJECT", subject)
+    assert typ == "OK" and found[0], found
+    typ, data = imap.fetch(found[0].split()[-1], "(BODY.PEEK[])")
+    assert typ == "OK" and subject.encode() in data[0][1]  # type: ignore[index]
+    imap.logout()
+    took["imap"] = time.monotonic() - t
+    t = time.monotonic()
+    pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=30)
+    pop.user(USER)
+    pop.pass_(PASSWORD)
+    count = len(pop.list()[1])
+    assert any(subject.encode() in line for line in pop.retr(count)[1])
+    pop.quit()
+    took["pop3"] = time.monotonic() - t
+    return took
+
+
+def test_flood_of_slow_and_nonreading_connections_leaves_a_normal_client_served(
+    tmp_path: Path,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 20_000)
+    if want < 8_000:
+        pytest.skip(f"needs 8000 file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the server inherits it
+    flood: list[tuple[str, socket.socket]] = []
+    limits = f"max_connections = 1000\nmax_connections_per_ip = {FLOOD_PER_IP}\n"
+    limits += "command_timeout = 15\nwrite_timeout = 5\n"
+    timeouts = "smtp = 25\nimap_login = 25\npop3_autologout = 25\n"
+    try:
+        with running(tmp_path, limits, timeouts) as server:
+            baseline = server_fds(server.pid)
+            rss_before = server_rss_mb(server.pid)
+            t_open = time.monotonic()
+            for n, name in enumerate(("smtp", "imap", "pop3")):
+                port = server.port(name)
+                for ip in range(FLOOD_IPS):
+                    for k in range(FLOOD_PER_IP):
+                        s = connect(port, f"127.0.{n + 1}.{ip + 2}", rcvbuf=4096)
+                        s.setblocking(False)
+                        if k % 2:  # half drip a command byte by byte, half stay mute
+                            s.send(FIRST_BYTES[name][:1])
+                        flood.append((name, s))
+            opened = time.monotonic() - t_open
+            wait_for(lambda: server_fds(server.pid) - baseline >= len(flood) - 10, timeout=30)
+            held = server_fds(server.pid) - baseline
+            # Over the per-IP limit even now: refused with the protocol's line, at once.
+            extra = connect(server.port("imap"), "127.0.2.2")
+            assert read_until_closed(extra).startswith(b"* BYE [UNAVAILABLE]")
+            # Keep dripping while the normal client works: one more byte per connection.
+            for i, (name, s) in enumerate(flood):
+                if i % 2:
+                    with contextlib.suppress(OSError):
+                        s.send(FIRST_BYTES[name][1:2])
+            took = normal_client(server, "served-during-the-flood")
+            rss_during = server_rss_mb(server.pid)
+            assert max(took.values()) < 5.0, took
+            # The timeouts take the slow connections away without any help from us.
+            t_drop = time.monotonic()
+            wait_for(lambda: server_fds(server.pid) - baseline < 20, timeout=90)
+            dropped_after = time.monotonic() - t_drop
+            wait_for(lambda: server.log_text().count("event=disconnect") >= 1600, timeout=10)
+            log = server.log_text()
+            print(
+                f"\nflood: {len(flood)} connections opened in {opened:.1f} s, {held} held"
+                f" by the server; normal client smtp {took['smtp']:.2f} s,"
+                f" imap {took['imap']:.2f} s, pop3 {took['pop3']:.2f} s;"
+                f" server RSS {rss_before:.0f} MB before, {rss_during:.0f} MB during;"
+                f" all dropped {dropped_after:.1f} s after the normal client was done;"
+                f" command-timeout {log.count('reason=command-timeout')},"
+                f" autologout {log.count('reason=autologout')},"
+                f" smtp timeouts {log.count('event=timeout remote=')}"
+            )
+            assert held >= len(flood) - 10
+            assert log.count("reason=command-timeout") >= 2 * FLOOD_IPS * FLOOD_PER_IP // 2 - 10
+            # And afterwards the server is as good as new.
+            took_after = normal_client(server, "served-after-the-flood")
+            assert max(took_after.values()) < 5.0, took_after
+    finally:
+        for _, s in flood:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
