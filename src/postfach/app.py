@@ -16,14 +16,14 @@ import threading
 from dataclasses import dataclass, field
 
 from postfach.auth.passwords import Authenticator
-from postfach.config import Address, Config, ConfigError
+from postfach.config import Address, Config, ConfigError, listener_items
 from postfach.datadir import StartupError, open_store
 from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
 from postfach.imap.server import start_imap_server
 from postfach.imap.session import ImapBackend, ImapSettings
 from postfach.limits import SessionCounter
-from postfach.listener import LISTEN_BACKLOG
+from postfach.listener import LISTEN_BACKLOG, raise_file_limit
 from postfach.maildrop import StorePop3Backend
 from postfach.mime.stored import parse_for_storage
 from postfach.outbound import Outbound, SubmitSettings
@@ -75,6 +75,7 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._stopped.set)
+        self._check_file_limit()
         self.store = store = open_store(cfg.data_dir)
         self.hub.bind(asyncio.get_running_loop())
         self.hub.sessions = SessionCounter(cfg.limits.max_sessions_per_user)
@@ -222,6 +223,24 @@ class App:
         except BaseException:
             await self.stop()
             raise
+
+    def _check_file_limit(self) -> None:
+        """Every listener may hold ``max_connections``: make room for them (plus the store's
+        files), or say at start which limit the connections will run into."""
+        cfg = self.config
+        listeners = sum(1 for _ in listener_items(cfg.listeners))
+        per = cfg.limits.max_connections or 10_000
+        wanted = listeners * per + 256
+        before, after = raise_file_limit(wanted)
+        if after < wanted:
+            log.warning(
+                "event=file-limit open_files=%d needed=%d"
+                " (raise the hard limit, ulimit -Hn, or lower [limits] max_connections)",
+                after,
+                wanted,
+            )
+        elif after != before:
+            log.info("event=file-limit open_files=%d was=%d", after, before)
 
     async def _listen(self, name: str, addr: Address, coro: object) -> None:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import secrets
 import socket
 import ssl
@@ -38,6 +39,21 @@ from postfach.limits import (
 #: connections the kernel may queue before we accept them (asyncio's default is 100: a burst of
 #: connections would see SYNs dropped and retried a second later)
 LISTEN_BACKLOG = 1024
+
+
+def raise_file_limit(wanted: int) -> tuple[int, int]:
+    """Raise the soft limit of open files towards ``wanted`` (as far as the hard limit allows;
+    the usual soft default of 1024 is far below what the connection limits admit). Returns the
+    limit before and after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
 class TrackedConnection(Protocol):
