@@ -228,6 +228,8 @@ class StreamConnection(asyncio.Protocol):
         self._slot: Slot | None = None
         self._data_at = 0.0  # when bytes last arrived
         self._command_started: float | None = None
+        self._received = 0  # octets received in all
+        self._consumed = 0  # octets taken off the buffer when the current command started
         self._write_watch: asyncio.TimerHandle | None = None
         self._write_watch_size = 0
         #: the client left a full output buffer unread for too long and was dropped
@@ -275,8 +277,11 @@ class StreamConnection(asyncio.Protocol):
         if not buffered:
             self._command_started = None
             return idle, False
-        if self._command_started is None:
-            self._command_started = self._data_at
+        # A new command has started when the last one was taken off the buffer: a client that
+        # pipelines without pause never has an empty buffer, but it keeps completing commands.
+        consumed = self._received - buffered
+        if self._command_started is None or consumed != self._consumed:
+            self._command_started, self._consumed = self._data_at, consumed
         limits = self._listener.limits
         deadline = input_deadline(
             self._command_started, buffered, limits.command_timeout, limits.min_rate
@@ -337,6 +342,7 @@ class StreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._inbuf += data
+        self._received += len(data)
         self._data_at = self._loop.time()
         if len(self._inbuf) > self.read_high_water and not self._reading_paused:
             self._reading_paused = True

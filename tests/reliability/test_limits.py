@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import itertools
 import os
 import poplib
 import resource
@@ -228,6 +229,26 @@ def test_slowloris_commands_are_cut_off_at_their_deadline(tmp_path: Path) -> Non
         idle.close()
         log = server.log_text()
         assert "reason=command-timeout" in log
+
+
+def test_a_client_pipelining_without_pause_is_not_taken_for_a_slow_one(tmp_path: Path) -> None:
+    """Its buffer is never empty between reads, but every command completes: no deadline."""
+    with running(tmp_path, "command_timeout = 1\n") as server:
+        s = connect(server.port("imap"))
+        read_line(s)
+        cmds = [f"n{k} NOOP\r\n".encode() for k in range(300)]
+        # Each send ends three octets into the next command: the buffer is never empty.
+        chunks = [cmds[0][:3]] + [a[3:] + b[:3] for a, b in itertools.pairwise(cmds)]
+        chunks.append(cmds[-1][3:])
+        start = time.monotonic()
+        for chunk in chunks:
+            s.sendall(chunk)
+            time.sleep(0.01)
+        assert time.monotonic() - start > 2.0  # twice the command timeout
+        s.sendall(b"z LOGOUT\r\n")
+        replies = read_until_closed(s)
+        assert replies.count(b" OK NOOP completed") == 300 and b"z OK" in replies, replies[-200:]
+        assert b"not completed in time" not in replies
 
 
 def test_smtp_data_deadline_grows_with_the_data_and_stops_a_dripping_sender(
