@@ -172,6 +172,9 @@ class LimitedSMTP(SMTP):
         transport = self.transport
         if not isinstance(transport, asyncio.Transport):
             return
+        if transport.is_closing():  # already told; it is not reading its 421
+            transport.abort()
+            return
         assert self.session is not None
         log.info("event=timeout remote=%s in_data=%s", self.session.peer, self._pf_data is not None)
         transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
