@@ -85,6 +85,12 @@ class Postfach:
     def setup(self) -> None:
         """Create the data directory, the benchmark domain and accounts (unlimited quota)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Benchmarks open thousands of connections from 127.0.0.1 to a few accounts (Dovecot
+        # gets mail_max_userip_connections = 100000 for the same reason): no counts.
+        (self.data_dir / "postfach.toml").write_text(
+            "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\nmax_sessions_per_user = 0\n"
+        )
         self._cli("domain", "add", DOMAIN)
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = [

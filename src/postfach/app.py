@@ -28,6 +28,8 @@ from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
 from postfach.imap.server import start_imap_server
 from postfach.imap.session import ImapBackend, ImapSettings
+from postfach.limits import SessionCounter
+from postfach.listener import LISTEN_BACKLOG, raise_file_limit
 from postfach.maildrop import StorePop3Backend
 from postfach.mime.stored import parse_for_storage
 from postfach.outbound import Outbound, SubmitSettings
@@ -104,11 +106,13 @@ class App:
                 for sock in bound.values():
                     sock.close()
                 raise
+        self._check_file_limit()
         self.store = store = open_store(cfg.data_dir)
         temps, orphans = store.sweep_leftovers()  # after a crash: files no commit kept
         if temps or orphans:
             log.info("event=swept_leftovers temp_files=%d blob_files=%d", temps, orphans)
         self.hub.bind(asyncio.get_running_loop())
+        self.hub.sessions = SessionCounter(cfg.limits.max_sessions_per_user)
         store.set_publisher(self.hub.publish)
         try:
             self.created_certificate = ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.hostname)
@@ -182,9 +186,14 @@ class App:
                     data_size_limit=cfg.max_message_size,
                     lmtp=lmtp,
                     timeout=cfg.smtp_timeout,
+                    limits=cfg.limits,
                 )
                 await self._listen(
-                    name, addr, SmtpListener(factory).start(*addr, sock=bound.get(name))
+                    name,
+                    addr,
+                    SmtpListener(factory).start(
+                        *addr, sock=bound.get(name), backlog=LISTEN_BACKLOG
+                    ),
                 )
             for name, addr, implicit in (
                 ("submission", ls.submission, False),
@@ -202,12 +211,14 @@ class App:
                     plaintext_auth_on_loopback=cfg.allow_plaintext_on_loopback,
                     plaintext_auth=cfg.allow_plaintext,
                     timeout=cfg.smtp_timeout,
+                    limits=cfg.limits,
                 )
+                # Implicit TLS too: the protocol starts it once the connection is admitted.
                 await self._listen(
                     name,
                     addr,
                     SmtpListener(sub_factory).start(
-                        *addr, sock=bound.get(name), ssl=tls if implicit else None
+                        *addr, sock=bound.get(name), backlog=LISTEN_BACKLOG
                     ),
                 )
             for name, addr, implicit in (("pop3", ls.pop3, False), ("pop3s", ls.pop3s, True)):
@@ -231,6 +242,7 @@ class App:
                         ssl_context=tls,
                         implicit_tls=implicit,
                         sock=bound.get(name),
+                        limits=cfg.limits,
                     ),
                 )
             imap_backend = ImapBackend(store, self.hub, auth.authenticate)
@@ -246,6 +258,7 @@ class App:
                     # RFC 9051 §5.4; Config may carry its own values (tests shorten them).
                     autologout_authenticated=cfg.imap_autologout,
                     autologout_unauthenticated=cfg.imap_login_timeout,
+                    max_line=cfg.limits.max_line,
                 )
                 await self._listen(
                     name,
@@ -258,6 +271,7 @@ class App:
                         ssl_context=tls,
                         implicit_tls=implicit,
                         sock=bound.get(name),
+                        limits=cfg.limits,
                     ),
                 )
             runner.start()
@@ -293,6 +307,24 @@ class App:
             return False
         log.info("event=tls-reload result=ok cert=%s sha256=%s", cfg.cert_path, shown)
         return True
+
+    def _check_file_limit(self) -> None:
+        """Every listener may hold ``max_connections``: make room for them (plus the store's
+        files), or say at start which limit the connections will run into."""
+        cfg = self.config
+        listeners = sum(1 for _ in listener_items(cfg.listeners))
+        per = cfg.limits.max_connections or 10_000
+        wanted = listeners * per + 256
+        before, after = raise_file_limit(wanted)
+        if after < wanted:
+            log.warning(
+                "event=file-limit open_files=%d needed=%d"
+                " (raise the hard limit, ulimit -Hn, or lower [limits] max_connections)",
+                after,
+                wanted,
+            )
+        elif after != before:
+            log.info("event=file-limit open_files=%d was=%d", after, before)
 
     async def _listen(self, name: str, addr: Address, coro: object) -> None:
         try:
@@ -380,7 +412,7 @@ def _bind(name: str, addr: Address) -> socket.socket:
     """A listening socket bound now (before dropping root), as ``loop.create_server`` would."""
     try:
         family = socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server(addr, family=family, backlog=100)
+        sock = socket.create_server(addr, family=family, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         raise _listen_error(name, addr, exc) from None
     sock.setblocking(False)

@@ -10,10 +10,11 @@ import os
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from postfach.limits import Limits
 from postfach.quota import parse_size
 
 CONFIG_NAME = "postfach.toml"
@@ -128,6 +129,7 @@ class Config:
     submission: SubmissionConfig = SubmissionConfig()
     user: str | None = None  # [server] user: whom a server started as root becomes
     auth: AuthConfig = AuthConfig()
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def cert_path(self) -> Path:
@@ -238,6 +240,8 @@ def load_config(
     updates: dict[str, Any] = {}
     if "max_message_size" in limits:
         updates["max_message_size"] = _size(limits["max_message_size"], "max_message_size")
+    if limits:
+        updates["limits"] = _limits(limits)
     if "default" in quota:
         updates["default_quota"] = _size(quota["default"], "[quota] default")
     if "full_reply" in quota:
@@ -400,6 +404,33 @@ def _submission(value: Any) -> SubmissionConfig:
             raise ConfigError(f"[submission] dkim_selector: not a DNS label: {sel!r}")
         out = replace(out, dkim_selector=sel)
     return out
+
+
+_COUNTS = ("max_connections", "max_connections_per_ip", "max_sessions_per_user")
+_SECONDS = ("command_timeout", "write_timeout")
+
+
+def _limits(value: Any) -> Limits:
+    t = _table(value, "limits", {"max_message_size", "max_line", "min_rate", *_COUNTS, *_SECONDS})
+    out: dict[str, Any] = {}
+    for key in _COUNTS:
+        if key in t:
+            n = t[key]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ConfigError(f"[limits] {key}: expected a count (0: no limit), got {n!r}")
+            out[key] = n
+    for key in _SECONDS:
+        if key in t:
+            out[key] = _number(t[key], f"[limits] {key}")
+    if "min_rate" in t:
+        out["min_rate"] = float(_size(t["min_rate"], "[limits] min_rate"))
+        if out["min_rate"] <= 0:
+            raise ConfigError("[limits] min_rate: must be positive (octets per second)")
+    if "max_line" in t:
+        out["max_line"] = _size(t["max_line"], "[limits] max_line")
+        if out["max_line"] < 512:
+            raise ConfigError("[limits] max_line: must be at least 512 octets")
+    return Limits(**out)
 
 
 def _hostname() -> str:

@@ -75,5 +75,9 @@ class MailboxInUse(StoreError):
     """A POP3 maildrop lock is held by another session."""
 
 
+class TooManySessions(MailboxInUse):
+    """The account already has ``max_sessions_per_user`` IMAP and POP3 sessions."""
+
+
 class DiskFull(StoreError):
     """The data directory has no room left; callers answer with a temporary error."""

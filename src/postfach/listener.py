@@ -6,17 +6,55 @@ connect time. ``close()`` stops listening and asks every connection to end at it
 boundary (a command being processed finishes and is answered; the protocol says goodbye);
 ``await wait_closed()`` waits until they are all gone; ``abort()`` cancels what is left.
 Subclasses say how a connection is made and how long a TLS handshake may take.
+
+Limits (`postfach.limits`): a connection is counted from accept to the end of its task. Over
+``max_connections`` or ``max_connections_per_ip`` the client gets the subclass's refusal line
+and a close, nothing else; on an implicit-TLS port it is closed without a handshake (a handshake
+costs the server more than the client, which is what a flood wants). Implicit TLS is therefore
+started by the connection itself (``loop.start_tls``), so that handshakes in progress count too.
+A started command must be complete by its deadline (`postfach.limits.input_deadline`), and a
+client that leaves a full output buffer unread is dropped (`postfach.limits.output_stalled`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import secrets
 import socket
 import ssl
 from collections.abc import Sequence
 from typing import Any, Protocol, Self
+
+from postfach.limits import (
+    ConnectionCounter,
+    Limits,
+    Refusal,
+    RefusalLog,
+    Slot,
+    input_deadline,
+    output_stalled,
+)
+
+#: connections the kernel may queue before we accept them (asyncio's default is 100: a burst of
+#: connections would see SYNs dropped and retried a second later)
+LISTEN_BACKLOG = 1024
+
+
+def raise_file_limit(wanted: int) -> tuple[int, int]:
+    """Raise the soft limit of open files towards ``wanted`` (as far as the hard limit allows;
+    the usual soft default of 1024 is far below what the connection limits admit). Returns the
+    limit before and after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
 class TrackedConnection(Protocol):
@@ -43,6 +81,7 @@ class Listener(asyncio.AbstractServer):
         ssl_context: ssl.SSLContext | None,
         implicit_tls: bool,
         log: logging.Logger,
+        limits: Limits | None = None,
     ) -> None:
         if implicit_tls and ssl_context is None:
             raise ValueError("implicit_tls needs an ssl_context")
@@ -50,11 +89,14 @@ class Listener(asyncio.AbstractServer):
         self.port = port
         self.ssl_context = ssl_context
         self.implicit_tls = implicit_tls
+        self.limits = limits = limits if limits is not None else Limits()
+        self.counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_ip)
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()
         #: a socket bound beforehand (by a server that drops root after binding)
         self.sock: socket.socket | None = None
+        self._refusal_log = RefusalLog()
 
     # ---- what a subclass provides ------------------------------------------------------------
 
@@ -64,7 +106,28 @@ class Listener(asyncio.AbstractServer):
     def _handshake_timeout(self) -> float:
         return 60.0
 
+    def refusal_line(self, refusal: Refusal) -> bytes:
+        """What a client over the connection limits is told before the close."""
+        raise NotImplementedError
+
     # ---- connections ---------------------------------------------------------------------------
+
+    def _refuse(self, transport: asyncio.Transport, refusal: Refusal, ip: str) -> None:
+        """One write and a close: a refused connection costs no task and no handshake."""
+        if self.implicit_tls:
+            transport.abort()
+        else:
+            transport.write(self.refusal_line(refusal))
+            transport.close()
+        count = self._refusal_log.note(refusal, asyncio.get_running_loop().time())
+        if count:  # at most one line per second and reason: a flood must not flood the log
+            self._log.warning(
+                "event=refused reason=%s remote=%s count=%d held=%d",
+                "per-ip" if refusal is Refusal.PER_IP else "total",
+                ip,
+                count,
+                self.counter.total,
+            )
 
     def _track(self, conn: TrackedConnection) -> None:
         self._connections.add(conn)
@@ -76,15 +139,14 @@ class Listener(asyncio.AbstractServer):
         if self._server is not None:
             raise RuntimeError("already started")
         loop = asyncio.get_running_loop()
-        kwargs: dict[str, Any] = {}
-        if self.implicit_tls:
-            kwargs["ssl"] = self.ssl_context
-            kwargs["ssl_handshake_timeout"] = self._handshake_timeout()
-        if self.sock is not None:
-            self._server = await loop.create_server(self._new_connection, sock=self.sock, **kwargs)
+        # Implicit TLS too listens in plain TCP: the connection starts TLS once it is admitted.
+        if self.sock is not None:  # bound beforehand (by a server that drops root after binding)
+            self._server = await loop.create_server(
+                self._new_connection, sock=self.sock, backlog=LISTEN_BACKLOG
+            )
         else:
             self._server = await loop.create_server(
-                self._new_connection, self.host, self.port, **kwargs
+                self._new_connection, self.host, self.port, backlog=LISTEN_BACKLOG
             )
         self._log.info(
             "event=listen addresses=%s tls=%s",
@@ -168,6 +230,8 @@ class StreamConnection(asyncio.Protocol):
 
     #: stop reading from a client that sends faster than we parse
     read_high_water = 64 * 1024
+    #: the transport asks us to pause writing above this (and the servers wait to drain)
+    write_high_water = 256 * 1024
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
@@ -181,11 +245,69 @@ class StreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._stopping = False
+        self._slot: Slot | None = None
+        self._data_at = 0.0  # when bytes last arrived
+        self._command_started: float | None = None
+        self._received = 0  # octets received in all
+        self._consumed = 0  # octets taken off the buffer when the current command started
+        self._write_watch: asyncio.TimerHandle | None = None
+        self._write_watch_size = 0
+        #: the client left a full output buffer unread for too long and was dropped
+        self.write_timed_out = False
         self.conn_id = secrets.token_hex(4)
         self.task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         raise NotImplementedError
+
+    async def _start(self) -> None:
+        if self._listener.implicit_tls:
+            try:
+                await self._start_implicit_tls()
+            except (ConnectionError, OSError, TimeoutError, ssl.SSLError) as exc:
+                self._listener._log.info(
+                    "conn=%s event=disconnect reason=tls-handshake error=%s",
+                    self.conn_id,
+                    type(exc).__name__,
+                )
+                if self._transport is not None:
+                    self._transport.abort()
+                return
+        await self._run()
+
+    async def _start_implicit_tls(self) -> None:
+        listener, transport = self._listener, self._transport
+        assert listener.ssl_context is not None and transport is not None
+        new_transport = await self._loop.start_tls(
+            transport,
+            self,
+            listener.ssl_context,
+            server_side=True,
+            ssl_handshake_timeout=listener._handshake_timeout(),
+        )
+        if new_transport is None:  # pragma: no cover - only on a closed transport
+            raise ConnectionResetError("connection closed during TLS handshake")
+        self._transport = new_transport
+        new_transport.set_write_buffer_limits(high=self.write_high_water)
+        self._reading_paused = False
+
+    def _read_timeout(self, idle: float, buffered: int) -> tuple[float, bool]:
+        """How long the next read may wait, and whether that is a started command's deadline
+        (``buffered`` octets of it are in) rather than the idle timeout."""
+        if not buffered:
+            self._command_started = None
+            return idle, False
+        # A new command has started when the last one was taken off the buffer: a client that
+        # pipelines without pause never has an empty buffer, but it keeps completing commands.
+        consumed = self._received - buffered
+        if self._command_started is None or consumed != self._consumed:
+            self._command_started, self._consumed = self._data_at, consumed
+        limits = self._listener.limits
+        deadline = input_deadline(
+            self._command_started, buffered, limits.command_timeout, limits.min_rate
+        )
+        left = max(0.0, deadline - self._loop.time())
+        return (left, True) if left < idle else (idle, False)
 
     async def upgrade_tls(self) -> None:
         """STLS/STARTTLS after the positive reply. Must not yield before ``loop.start_tls``."""
@@ -203,6 +325,7 @@ class StreamConnection(asyncio.Protocol):
         if new_transport is None:  # pragma: no cover - only on a closed transport
             raise ConnectionResetError("connection closed during TLS handshake")
         self._transport = new_transport
+        new_transport.set_write_buffer_limits(high=self.write_high_water)
         self._reading_paused = False
         # Keep _inbuf: it can already hold the client's first command sent over TLS together
         # with the end of the handshake (only plaintext from before the upgrade is dropped).
@@ -228,12 +351,26 @@ class StreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        listener = self._listener
         self._transport = transport
-        self.task = self._loop.create_task(self._run())
-        self._listener._track(self)
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else ""
+        admitted = listener.counter.admit(ip)
+        if isinstance(admitted, Refusal):
+            listener._refuse(transport, admitted, ip)
+            return
+        self._slot = admitted
+        transport.set_write_buffer_limits(high=self.write_high_water)
+        if listener.implicit_tls:
+            transport.pause_reading()  # the ClientHello is for the TLS layer, not for us
+        self.task = self._loop.create_task(self._start())
+        self.task.add_done_callback(lambda _t: admitted.release())
+        listener._track(self)
 
     def data_received(self, data: bytes) -> None:
         self._inbuf += data
+        self._received += len(data)
+        self._data_at = self._loop.time()
         if len(self._inbuf) > self.read_high_water and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
@@ -251,15 +388,50 @@ class StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._lost.done():
             self._lost.set_result(None)
+        if self._write_watch is not None:
+            self._write_watch.cancel()
+            self._write_watch = None
         self._wake_reader()
         self._wake_writer()
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._write_watch is None and self._transport is not None:
+            self._arm_write_watch(self._transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._write_watch is not None:
+            self._write_watch.cancel()
+            self._write_watch = None
         self._wake_writer()
+
+    def _arm_write_watch(self, size: int) -> None:
+        self._write_watch_size = size
+        self._write_watch = self._loop.call_later(
+            self._listener.limits.write_timeout, self._check_write_progress
+        )
+
+    def _check_write_progress(self) -> None:
+        """The output buffer has been full for ``write_timeout``: has the client read enough?"""
+        self._write_watch = None
+        t = self._transport
+        if t is None or self._lost.done() or not self._write_paused:
+            return
+        size = t.get_write_buffer_size()
+        limits = self._listener.limits
+        if output_stalled(self._write_watch_size, size, limits.write_timeout, limits.min_rate):
+            self._listener._log.info(
+                "conn=%s event=write-timeout buffered=%d read=%d seconds=%g",
+                self.conn_id,
+                size,
+                max(0, self._write_watch_size - size),
+                limits.write_timeout,
+            )
+            self.write_timed_out = True
+            t.abort()
+        else:
+            self._arm_write_watch(size)
 
     # ---- awaitable I/O -----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Collection, Sequence
 
 from postfach.auth.passwords import Authenticator
-from postfach.errors import MailboxInUse, NotFound, Pop3Err
+from postfach.errors import MailboxInUse, NotFound, Pop3Err, TooManySessions
 from postfach.pop3.session import MaildropEntry
 from postfach.store.api import INBOX
 from postfach.store.hub import Hub
@@ -63,6 +63,7 @@ class StoreMaildrop:
         if not self._released:
             self._released = True
             self._hub.unlock_maildrop(self._account_id)
+            self._hub.sessions.release(self._account_id)
 
 
 class StorePop3Backend:
@@ -81,10 +82,14 @@ class StorePop3Backend:
         box = self._store.get_mailbox(acc.id, INBOX)
         if box is None:
             raise NotFound(f"{account}: no INBOX")
+        if not self._hub.sessions.acquire(acc.id):
+            raise TooManySessions(account)
         if not self._hub.try_lock_maildrop(acc.id):
+            self._hub.sessions.release(acc.id)
             raise MailboxInUse(account)
         try:
             return StoreMaildrop(self._store, self._hub, acc.id, box.id, box.uidvalidity)
         except BaseException:
             self._hub.unlock_maildrop(acc.id)
+            self._hub.sessions.release(acc.id)
             raise

@@ -55,6 +55,45 @@ def test_toml_file(tmp_path: Path) -> None:
     assert (cfg.imap_autologout, cfg.imap_login_timeout) == (1800, 20)
 
 
+def test_limits_defaults_and_file(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, env={})
+    assert cfg.limits.max_connections == 1000 and cfg.limits.max_connections_per_ip == 50
+    assert cfg.limits.max_sessions_per_user == 20 and cfg.limits.max_line == 64 * 1024
+    (tmp_path / "postfach.toml").write_text(
+        "[limits]\nmax_connections = 3000\nmax_connections_per_ip = 0\n"
+        'max_sessions_per_user = 3\nmax_line = "16K"\nmin_rate = "4K"\n'
+        'command_timeout = 5\nwrite_timeout = 2.5\nmax_message_size = "1M"\n'
+    )
+    cfg = load_config(tmp_path, env={})
+    lim = cfg.limits
+    assert (lim.max_connections, lim.max_connections_per_ip, lim.max_sessions_per_user) == (
+        3000,
+        0,
+        3,
+    )
+    assert (lim.max_line, lim.min_rate) == (16 * 1024, 4096.0)
+    assert (lim.command_timeout, lim.write_timeout) == (5.0, 2.5)
+    assert cfg.max_message_size == 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[limits]\nmax_connections = -1\n", "[limits] max_connections: expected a count"),
+        ('[limits]\nmax_connections_per_ip = "lots"\n', "max_connections_per_ip: expected"),
+        ("[limits]\nmax_sessions = 3\n", "[limits] has no key 'max_sessions'"),
+        ("[limits]\ncommand_timeout = 0\n", "command_timeout: must be positive"),
+        ("[limits]\nmax_line = 100\n", "max_line: must be at least 512"),
+        ('[limits]\nmin_rate = "0"\n', "min_rate: must be positive"),
+    ],
+)
+def test_limits_mistakes_are_one_line(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "postfach.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
+        load_config(tmp_path, env={})
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "message"),
     [

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "postfach"
 CORE = [
     "errors.py", "quota.py", "dsn.py", "auth/sasl.py", "auth/throttle.py", "pop3/protocol.py",
     "imap/commands.py", "imap/wire.py", "imap/parser.py", "imap/sequence.py", "imap/response.py",
-    "queue/schedule.py",
+    "queue/schedule.py", "limits.py",
     "imap/utf7.py", "mailfile.py", "client/errors.py", "client/pop3.py", "client/state.py",
     "client/policy.py", "client/config.py", "client/migrate/plan.py",
     *[str(p.relative_to(SRC)) for p in sorted((SRC / "mime").glob("*.py"))],

@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from typing import Final
 
 from postfach.imap.session import ImapBackend, ImapSession, ImapSettings, is_loopback_address
+from postfach.limits import Limits, Refusal
 from postfach.listener import Listener, ServerStopping, StreamConnection
 
 __all__ = ["ImapServer", "start_imap_server"]
 
 log = logging.getLogger("postfach.imap")
 
-_WRITE_HIGH_WATER: Final = 256 * 1024  # wait for the client to read before writing more
 _CLOSE_TIMEOUT: Final = 5.0  # how long a graceful close (TLS shutdown, flush) may take
 
 
@@ -61,7 +61,9 @@ class _Connection(StreamConnection):
         if self._lost.done():
             raise ConnectionResetError("connection lost")
         t = self._transport
-        if not self._write_paused and (t is None or t.get_write_buffer_size() <= _WRITE_HIGH_WATER):
+        if not self._write_paused and (
+            t is None or t.get_write_buffer_size() <= self.write_high_water
+        ):
             return
         while self._write_paused:
             if self._lost.done():
@@ -107,12 +109,16 @@ class _Connection(StreamConnection):
         try:
             session.greet()
             while not session.closing:
+                timeout, command = self._read_timeout(session.autologout, session.buffered)
                 try:
-                    async with asyncio.timeout(session.autologout):
+                    async with asyncio.timeout(timeout):
                         data = await self._read()
                 except TimeoutError:
-                    reason = "autologout"
-                    session.autologout_bye()
+                    reason = "command-timeout" if command else "autologout"
+                    if command:
+                        session.command_timeout_bye()
+                    else:
+                        session.autologout_bye()
                     break
                 if not data:
                     reason = "disconnect"
@@ -135,7 +141,7 @@ class _Connection(StreamConnection):
         except TimeoutError:
             reason = "write-timeout"
         except (ConnectionError, ssl.SSLError) as exc:
-            reason = f"error:{type(exc).__name__}"
+            reason = "write-timeout" if self.write_timed_out else f"error:{type(exc).__name__}"
         except Exception:
             reason = "internal-error"
             log.exception("conn=%s event=connection-error", self.conn_id)
@@ -186,8 +192,11 @@ class ImapServer(Listener):
         *,
         ssl_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
+        limits: Limits | None = None,
     ) -> None:
-        super().__init__(host, port, ssl_context=ssl_context, implicit_tls=implicit_tls, log=log)
+        super().__init__(
+            host, port, ssl_context=ssl_context, implicit_tls=implicit_tls, log=log, limits=limits
+        )
         self.backend = backend
         # STARTTLS is on offer exactly when there is a context and the port is not TLS already.
         self.settings = dataclasses.replace(
@@ -200,6 +209,10 @@ class ImapServer(Listener):
     def _handshake_timeout(self) -> float:
         return min(60.0, self.settings.autologout_unauthenticated)
 
+    def refusal_line(self, refusal: Refusal) -> bytes:
+        # RFC 9051 §7.1.5: BYE as the greeting refuses the connection; RFC 5530 UNAVAILABLE.
+        return f"* BYE [UNAVAILABLE] {refusal.value}, try again later\r\n".encode()
+
 
 async def start_imap_server(
     backend: ImapBackend,
@@ -209,10 +222,17 @@ async def start_imap_server(
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
     sock: socket.socket | None = None,
+    limits: Limits | None = None,
 ) -> ImapServer:
     """Create and start an ImapServer; stop it with ``close()`` and ``await wait_closed()``."""
     server = ImapServer(
-        backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
+        backend,
+        settings,
+        host,
+        port,
+        ssl_context=ssl_context,
+        implicit_tls=implicit_tls,
+        limits=limits,
     )
     server.sock = sock
     await server.start()

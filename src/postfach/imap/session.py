@@ -407,6 +407,7 @@ class ImapSession:
         self._errors = 0
         self._auth_failures = 0
         self._closing = False
+        self._session_account: int | None = None  # holds a place in hub.sessions
         self.close_reason = "logout"
         self._handlers: dict[CommandType, _Handler] = {
             c.Capability: self._cmd_capability,
@@ -496,6 +497,18 @@ class ImapSession:
         self._closing = True
         self.close_reason = "autologout"
 
+    def command_timeout_bye(self) -> None:
+        """A started command did not arrive in time (a client sending a byte now and then)."""
+        self._write("* BYE Command not completed in time")
+        self._closing = True
+        self.close_reason = "command-timeout"
+
+    @property
+    def buffered(self) -> int:
+        """Octets of a command that has been started but not completed (a refused literal
+        still being thrown away counts with what is left of it)."""
+        return self._framer.buffered + self._framer.discarding
+
     def shutdown_bye(self) -> None:
         """The server is stopping (RFC 9051 §7.1.5)."""
         if not self._closing:
@@ -532,6 +545,9 @@ class ImapSession:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._session_account is not None:
+            self._backend.hub.sessions.release(self._session_account)
+            self._session_account = None
 
     # ---- writing -----------------------------------------------------------------------------
 
@@ -917,6 +933,11 @@ class ImapSession:
             if foreign:  # RFC 9051 §7.1: valid credentials, but not for that identity
                 raise ImapNo("AUTHORIZATIONFAILED", "not authorized to act as that user")
             raise ImapNo("AUTHENTICATIONFAILED", "invalid credentials")
+        if not self._backend.hub.sessions.acquire(acc.id):
+            log.info("conn=%s event=login result=session-limit account=%r", self._conn_id, acc.name)
+            # RFC 5530: the credentials are right, the account has too many sessions open.
+            raise ImapNo("LIMIT", "too many sessions for this account; try again later")
+        self._session_account = acc.id
         self._account_id = acc.id
         self._account_name = acc.name
         self._unsubscribe = self._backend.hub.subscribe(acc.id, self._on_change)

@@ -142,6 +142,11 @@ class Pop3Connection:
         """Octets received but not yet returned as events."""
         return len(self._buf)
 
+    @property
+    def line_octets(self) -> int:
+        """Octets of the line in progress, those kept and those thrown away as too long."""
+        return len(self._buf) + self._discarded
+
     def expect_sasl_response(self) -> None:
         """Return the next line verbatim as a SaslResponse (with the longer SASL limit)."""
         self._sasl = True

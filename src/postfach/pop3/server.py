@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Final
 
+from postfach.limits import Limits, Refusal
 from postfach.listener import Listener, ServerStopping, StreamConnection
 from postfach.pop3.session import Pop3Backend, Pop3Session, Pop3Settings, is_loopback_address
 
@@ -30,7 +31,6 @@ log = logging.getLogger("postfach.pop3")
 # Replies up to this size are joined into one write; bigger ones go chunk by chunk (no copy).
 _JOIN_MAX = 256 * 1024
 
-_WRITE_HIGH_WATER: Final = 256 * 1024  # wait for the client to read before processing more
 _CLOSE_TIMEOUT: Final = 5.0  # how long a graceful close (TLS shutdown, flush) may take
 
 
@@ -68,7 +68,7 @@ class _Connection(StreamConnection):
     def _needs_drain(self) -> bool:
         t = self._transport
         return self._write_paused or (
-            t is not None and t.get_write_buffer_size() > _WRITE_HIGH_WATER
+            t is not None and t.get_write_buffer_size() > self.write_high_water
         )
 
     # ---- the conversation --------------------------------------------------------------------
@@ -100,12 +100,16 @@ class _Connection(StreamConnection):
         try:
             self._write((session.greeting(),))
             while True:
+                timeout, command = self._read_timeout(settings.autologout, session.buffered)
                 try:
-                    async with asyncio.timeout(settings.autologout):
+                    async with asyncio.timeout(timeout):
                         data = await self._read()
                 except TimeoutError:
-                    reason = "autologout"
-                    self._write((session.autologout_reply(),))
+                    reason = "command-timeout" if command else "autologout"
+                    if command:
+                        self._write((session.command_timeout_reply(),))
+                    else:
+                        self._write((session.autologout_reply(),))
                     break
                 if not data:
                     reason = "disconnect"
@@ -134,7 +138,7 @@ class _Connection(StreamConnection):
         except TimeoutError:
             reason = "write-timeout"
         except (ConnectionError, ssl.SSLError) as exc:
-            reason = f"error:{type(exc).__name__}"
+            reason = "write-timeout" if self.write_timed_out else f"error:{type(exc).__name__}"
         except Exception:
             reason = "internal-error"
             log.exception("conn=%s event=connection-error", self.conn_id)
@@ -190,8 +194,11 @@ class Pop3Server(Listener):
         *,
         ssl_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
+        limits: Limits | None = None,
     ) -> None:
-        super().__init__(host, port, ssl_context=ssl_context, implicit_tls=implicit_tls, log=log)
+        super().__init__(
+            host, port, ssl_context=ssl_context, implicit_tls=implicit_tls, log=log, limits=limits
+        )
         self.backend = backend
         # STLS is on offer exactly when there is a context and the port is not TLS already.
         self.settings = dataclasses.replace(
@@ -204,6 +211,10 @@ class Pop3Server(Listener):
     def _handshake_timeout(self) -> float:
         return min(60.0, self.settings.autologout)
 
+    def refusal_line(self, refusal: Refusal) -> bytes:
+        # RFC 3206 SYS/TEMP: a temporary problem on our side; try again later.
+        return f"-ERR [SYS/TEMP] {refusal.value}, try again later\r\n".encode()
+
 
 async def start_pop3_server(
     backend: Pop3Backend,
@@ -213,10 +224,17 @@ async def start_pop3_server(
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
     sock: socket.socket | None = None,
+    limits: Limits | None = None,
 ) -> Pop3Server:
     """Create and start a Pop3Server; stop it with ``close()`` and ``await wait_closed()``."""
     server = Pop3Server(
-        backend, settings, host, port, ssl_context=ssl_context, implicit_tls=implicit_tls
+        backend,
+        settings,
+        host,
+        port,
+        ssl_context=ssl_context,
+        implicit_tls=implicit_tls,
+        limits=limits,
     )
     server.sock = sock
     await server.start()

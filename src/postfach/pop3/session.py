@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from postfach.auth.sasl import MECHANISMS, SaslError, SaslExchange, is_cancel, start_exchange
-from postfach.errors import DiskFull, LoginLockedOut, MailboxInUse, NotFound, Pop3Err
+from postfach.errors import (
+    DiskFull,
+    LoginLockedOut,
+    MailboxInUse,
+    NotFound,
+    Pop3Err,
+    TooManySessions,
+)
 from postfach.pop3.protocol import (
     ALLOWED,
     COMMANDS,
@@ -256,6 +263,16 @@ class Pop3Session:
         self._closing = True
         return err("autologout: idle for too long")
 
+    def command_timeout_reply(self) -> bytes:
+        """The line to send before closing a connection whose command did not arrive in time."""
+        self._closing = True
+        return err("command not completed in time")
+
+    @property
+    def buffered(self) -> int:
+        """Octets of a command line that has been started but not completed."""
+        return self._conn.line_octets
+
     def receive_data(self, data: bytes) -> None:
         self._conn.receive_data(data)
 
@@ -465,6 +482,10 @@ class Pop3Session:
             raise Pop3Err("authentication failed", "AUTH")
         try:
             maildrop = await self._backend.open_maildrop(account)
+        except TooManySessions:
+            log.info("conn=%s event=login result=session-limit account=%r", self._conn_id, account)
+            # RFC 2449 IN-USE: the credentials are right; the account is busy elsewhere.
+            raise Pop3Err("too many sessions for this account, try again later", "IN-USE") from None
         except MailboxInUse:
             log.info("conn=%s event=login result=in-use account=%r", self._conn_id, account)
             raise Pop3Err("maildrop is locked by another session", "IN-USE") from None

@@ -16,7 +16,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postfach.delivery import DeliveryTxn, LocalDelivery
 from postfach.errors import SmtpError
+from postfach.limits import Limits
 from postfach.smtp.graceful import GracefulSMTP
+from postfach.smtp.limits import ConnectionLimits, LimitedSMTP
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,11 @@ class _EnhancedCodes:
         await super().push(status)  # type: ignore[misc]
 
 
-class PostfachSMTP(GracefulSMTP, _EnhancedCodes, SMTP):
+class PostfachSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP):
     pass
 
 
-class PostfachLMTP(GracefulSMTP, _EnhancedCodes, LMTP):
+class PostfachLMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, LMTP):
     pass
 
 
@@ -203,9 +205,11 @@ def make_smtp_factory(
     data_size_limit: int,
     lmtp: bool = False,
     timeout: float = 300,
+    limits: Limits | None = None,
 ) -> Any:
     """A protocol factory for ``loop.create_server`` (one aiosmtpd protocol per connection)."""
     handler = InboundHandler(delivery, lmtp=lmtp)
+    shared = ConnectionLimits(limits)
 
     def factory() -> SMTP:
         cls = PostfachLMTP if lmtp else PostfachSMTP
@@ -219,6 +223,7 @@ def make_smtp_factory(
             tls_context=None if lmtp else tls_context,
             timeout=timeout,
             auth_require_tls=True,
+            connection_limits=shared,
         )
 
     return factory

@@ -32,9 +32,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, syntax
 from postfach.auth.sasl import SaslError, decode_base64, parse_plain
 from postfach.dsn import RET_VALUES, parse_notify, parse_orcpt, xtext_decode
 from postfach.errors import LoginLockedOut, SmtpError
+from postfach.limits import Limits
 from postfach.outbound import Outbound, SubmitTxn
 from postfach.smtp.graceful import GracefulSMTP
 from postfach.smtp.handler import EHLO_LAST, S451_LOCAL_ERROR, S503_MAIL_FIRST, _EnhancedCodes
+from postfach.smtp.limits import ConnectionLimits, LimitedSMTP
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def _is_loopback(peer: Any) -> bool:
         return False
 
 
-class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, SMTP):
+class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP):
     """aiosmtpd's SMTP with our AUTH mechanisms, DSN parameters and TLS policy."""
 
     def __init__(
@@ -350,9 +352,12 @@ def make_submission_factory(
     plaintext_auth_on_loopback: bool,
     plaintext_auth: bool = False,
     timeout: float = 300,
+    limits: Limits | None = None,
 ) -> Callable[[], SubmissionSMTP]:
-    """A protocol factory for ``loop.create_server`` (with ``ssl=`` for implicit TLS)."""
+    """A protocol factory for ``loop.create_server``, also for implicit TLS (without ``ssl=``:
+    the protocol starts TLS itself once the connection is admitted)."""
     handler = SubmissionHandler(outbound)
+    shared = ConnectionLimits(limits, tls_context if implicit_tls else None)
 
     def factory() -> SubmissionSMTP:
         with warnings.catch_warnings():
@@ -374,6 +379,7 @@ def make_submission_factory(
             decode_data=False,
             tls_context=tls_context,
             timeout=timeout,
+            connection_limits=shared,
         )
 
     return factory

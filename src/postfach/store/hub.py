@@ -7,7 +7,8 @@ resolves the futures of the same commit, and both travel through the loop's FIFO
 session is always told of a change before the client that made it gets its answer.
 
 POP3 maildrop locks (RFC 1939 §8: exclusive access during TRANSACTION) live here too: they are
-per process, which is correct while one process serves an account.
+per process, which is correct while one process serves an account. So does the count of
+logged-in IMAP and POP3 sessions per account (``sessions``, `postfach.limits.SessionCounter`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from postfach.limits import SessionCounter
 from postfach.store.api import Change
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ class Hub:
         self._loop = loop
         self._subs: dict[int, set[Subscriber]] = {}
         self._maildrop_locks: set[int] = set()
+        #: logged-in IMAP and POP3 sessions per account (no limit until the app sets one)
+        self.sessions = SessionCounter()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
