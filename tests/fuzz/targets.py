@@ -452,7 +452,10 @@ def _check_mime(message: bytes) -> None:
         assert len(tokens) == 1 and isinstance(tokens[0], list), bs[:200]
     tokens = _imap_tokens(imap_envelope(stored.envelope))
     assert len(tokens) == 1 and isinstance(tokens[0], list) and len(tokens[0]) == 10, tokens
-    search_text(message, root)
+    headers, text = search_text(message, root)
+    # The full-text index stores these in SQLite, which takes valid UTF-8 only.
+    headers.encode("utf-8")
+    text.encode("utf-8")
 
 
 # ---- SASL -------------------------------------------------------------------------------------
