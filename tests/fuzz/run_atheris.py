@@ -30,7 +30,7 @@ import seeds
 
 #: Longest generated input per target: long enough for every structure the target knows,
 #: short enough for many executions per second. Seeds longer than this are cut.
-MAX_LEN = {"imap_framer": 1024, "imap_parser": 2048, "pop3": 2048, "mime": 16384, "sasl": 1024}
+MAX_LEN = {"imap_framer": 1024, "imap_parser": 2048, "pop3": 2048, "mime": 8192, "sasl": 1024}
 
 
 def main() -> None:
