@@ -1,6 +1,7 @@
 """Coverage-guided fuzzing of one target with atheris (libFuzzer), for a bounded time.
 
     python tests/fuzz/run_atheris.py TARGET [--seconds 20] [--workdir DIR] [--max-len N]
+    python tests/fuzz/run_atheris.py TARGET --replay FILE...
 
 TARGET is a key of ``targets.TARGETS`` (imap_framer, imap_parser, pop3, mime, sasl). The seed
 corpus (``seeds.py``) is written to ``WORKDIR/corpus`` and grows there as libFuzzer finds new
@@ -39,7 +40,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--max-len", type=int, default=None)
+    parser.add_argument("--replay", type=Path, nargs="+", help="run these inputs once, no fuzzing")
     args, extra = parser.parse_known_args()
+    if args.replay:
+        for path in args.replay:
+            print(f"replay: {path}", flush=True)
+            targets.TARGETS[args.target](path.read_bytes())  # a failure raises with its traceback
+        print("replay: all inputs pass")
+        return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"fuzz-{args.target}-"))
     corpus = workdir / "corpus"
     count = seeds.write_corpus(args.target, corpus)

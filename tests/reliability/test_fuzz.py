@@ -9,7 +9,7 @@ the run (executions, seconds, corpus growth) are printed, so ``pytest -s`` shows
 Reproduce one target by hand::
 
     .venv/bin/python tests/fuzz/run_atheris.py mime --seconds 60 --workdir /tmp/fuzz-mime
-    .venv/bin/python tests/fuzz/run_atheris.py mime /tmp/fuzz-mime/crash-...   # replay one input
+    .venv/bin/python tests/fuzz/run_atheris.py mime --replay /tmp/fuzz-mime/crash-...
 """
 
 from __future__ import annotations
