@@ -213,19 +213,19 @@ mime_message = st.recursive(_entity(st.nothing()), _entity, max_leaves=12)
 # ---- properties -------------------------------------------------------------------------------
 
 
-@settings(PROFILE, max_examples=100)
+@settings(PROFILE, max_examples=60)
 @given(imap_stream)
 def test_imap_framer_structured(data: bytes) -> None:
     targets.fuzz_imap_framer(data)
 
 
-@settings(PROFILE, max_examples=150)
+@settings(PROFILE, max_examples=100)
 @given(st.binary(max_size=300))
 def test_imap_framer_bytes(data: bytes) -> None:
     targets.fuzz_imap_framer(data)
 
 
-@settings(PROFILE, max_examples=300)
+@settings(PROFILE, max_examples=200)
 @given(imap_command)
 def test_imap_parser_structured(data: bytes) -> None:
     targets.fuzz_imap_parser(data)
@@ -237,7 +237,7 @@ def test_imap_parser_bytes(data: bytes) -> None:
     targets.fuzz_imap_parser(data)
 
 
-@settings(PROFILE, max_examples=120)
+@settings(PROFILE, max_examples=100)
 @given(pop3_stream)
 def test_pop3_structured(data: bytes) -> None:
     targets.fuzz_pop3(data)
@@ -249,13 +249,13 @@ def test_pop3_bytes(data: bytes) -> None:
     targets.fuzz_pop3(data)
 
 
-@settings(PROFILE, max_examples=100)
+@settings(PROFILE, max_examples=60)
 @given(mime_message)
 def test_mime_structured(data: bytes) -> None:
     targets.fuzz_mime(data)
 
 
-@settings(PROFILE, max_examples=200)
+@settings(PROFILE, max_examples=100)
 @given(st.binary(max_size=600))
 def test_mime_bytes(data: bytes) -> None:
     targets.fuzz_mime(data)
@@ -264,7 +264,7 @@ def test_mime_bytes(data: bytes) -> None:
 _SASL_FIELD = st.sampled_from([b"", b"bob", b"\xc3\xa9", b"\xff", b"x" * 1100, b"a\x00b"])
 
 
-@settings(PROFILE, max_examples=300)
+@settings(PROFILE, max_examples=150)
 @given(st.lists(_SASL_FIELD, min_size=1, max_size=4), st.integers(0, 4), st.booleans())
 def test_sasl_structured(fields: list[bytes], mechanism: int, encode: bool) -> None:
     import base64
