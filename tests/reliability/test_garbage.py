@@ -254,3 +254,46 @@ def test_a_30_megabyte_line_does_not_stall_other_clients(
     finally:
         sock.close()
     bystanders.check()
+
+
+def test_commands_in_the_wrong_state_after_login(
+    server: ServerProcess, bystanders: Bystanders
+) -> None:
+    imap = ImapRaw(server.port("imap"), timeout=10)
+    try:
+        imap.login()
+        wrong = [b"FETCH 1 BODY[]", b"LOGIN a b", b"AUTHENTICATE PLAIN", b"CLOSE", b"EXPUNGE"]
+        wrong += [b"STORE 1 +FLAGS (\\Seen)", b"UID SEARCH ALL", b"DONE"]
+        for command in wrong:
+            status, _ = imap.tagged(command)
+            assert re.fullmatch(rb"r\d+ (BAD|NO) .*\r\n", status), (command, status)
+        status, _ = imap.tagged(b"NOOP")
+        assert b" OK " in status
+    finally:
+        imap.close()
+    bystanders.check()
+    # The POP3 bystander holds the maildrop: a second login is refused, the first goes on.
+    pop = Pop3Raw(server.port("pop3"), timeout=10)
+    try:
+        assert pop.command(f"USER {ALICE}").startswith(b"+OK")
+        assert pop.command("PASS correct horse").startswith(b"-ERR [IN-USE]")
+        for line in ("STAT", "RETR 1", "DELE 1", "TOP 1 1", "UIDL", "NOOP", "RSET"):
+            assert pop.command(line).startswith(b"-ERR"), line
+    finally:
+        pop.close()
+    smtp = RawLines(server.port("smtp"), timeout=10)
+    try:
+        assert smtp.line().startswith(b"220")
+        smtp.send(b"EHLO wrong.example\r\n")
+        while not smtp.line().startswith(b"250 "):
+            pass
+        for line, code in ((b"DATA", b"503 5.5.1"), (b"RCPT TO:<alice@example.org>", b"503 5.5.1"),
+                           (b"MAIL FROM:<a@remote.example>", b"250"),
+                           (b"MAIL FROM:<a@remote.example>", b"503 5.5.1"),
+                           (b"DATA", b"503 5.5.1")):  # fmt: skip
+            smtp.send(line + b"\r\n")
+            reply = smtp.line()
+            assert reply.startswith(code), (line, reply)
+    finally:
+        smtp.close()
+    bystanders.check()
