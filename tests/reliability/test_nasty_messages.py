@@ -169,6 +169,10 @@ def test_nasty_corpus_over_imap_and_pop3(tmp_path: Path) -> None:
         fresh.logout()
         watcher.logout()
         assert server.proc.poll() is None, "the server died"
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) // 1024  # type: ignore[union-attr]
+        figures.append(f"server peak RSS {peak} MB")
+        assert peak < 2048, f"the server grew to {peak} MB on a 7 MB corpus"
     finally:
         server.terminate()
         print("\n".join(figures))
