@@ -544,3 +544,22 @@ def test_sweep_removes_what_a_killed_process_left(store: SqliteMailstore) -> Non
     assert not orphan.exists() and not stale.exists() and live.exists()
     assert list(store.blob_dir.glob("??/??/*")) == kept
     assert store.check().clean
+
+
+def test_eight_bit_junk_in_a_header_does_not_stall_the_index(tmp_path: Path) -> None:
+    # Regression (fuzz/nasty corpus): non-UTF-8 header octets became surrogate escapes in the
+    # search text, SQLite refused to encode them, and the indexer retried the same batch forever.
+    s = SqliteMailstore(tmp_path / "fts", index_text=False)
+    try:
+        s.add_domain("example.org")
+        s.add_account("a@example.org", "h")
+        inbox_id = box_id(s, "a@example.org", INBOX)
+        s.append(inbox_id, [
+            item(s, b"Subject: \xc3\x28 caf\xe9 junk\r\nX-\xff: \xff\r\n\r\nbody text\r\n"),
+            item(s, b"Subject: clean\r\n\r\nsecond body\r\n"),
+        ])  # fmt: skip
+        assert s.index_pending(10) == 2 and s.index_pending(10) == 0
+        assert s.search_text_uids(inbox_id, "TEXT", "junk") == {1}
+        assert s.search_text_uids(inbox_id, "BODY", "second") == {2}
+    finally:
+        s.close()

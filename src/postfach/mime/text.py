@@ -7,7 +7,7 @@ import html
 import re
 from typing import TYPE_CHECKING, Final
 
-from postfach.mime._syntax import decode_charset, iter_fields, to_bytes, to_str
+from postfach.mime._syntax import decode_charset, iter_fields, to_bytes
 
 if TYPE_CHECKING:
     from postfach.mime.structure import Part
@@ -126,8 +126,10 @@ def _part_text(data: bytes, part: Part, limit: int) -> str:
 
 
 def _header_text(data: bytes, start: int, end: int) -> str:
+    # Octets that are not UTF-8 are replaced (as in bodies): surrogate escapes would make the
+    # text unencodable for the index (SQLite takes UTF-8 only).
     return "".join(
-        f"{name.decode('ascii')}: {decode_words(to_str(value))}\n"
+        f"{name.decode('ascii')}: {decode_words(value.decode('utf-8', 'replace'))}\n"
         for name, value in iter_fields(data, start, end)
     )
 

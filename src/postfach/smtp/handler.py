@@ -51,10 +51,19 @@ def with_enhanced_code(line: str) -> str:
     return f"{line[:4]}{enhanced} {line[4:]}"
 
 
+# Control characters are not reply text (RFC 5321 §4.2 textstring); aiosmtpd echoes an unknown
+# command verb back, and a client sending binary would get NULs and escapes in the reply.
+# CRLF between the lines of a multi-line reply stays; a bare CR or LF does not.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
+
 class _EnhancedCodes:
-    """Mixin: every reply after EHLO carries an enhanced status code (RFC 2034 §3)."""
+    """Mixin: every reply after EHLO carries an enhanced status code (RFC 2034 §3); control
+    characters in reply text become ``?``."""
 
     async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and _CONTROL.search(status):
+            status = _CONTROL.sub("?", status)
         session = getattr(self, "session", None)
         ehlo_line = isinstance(status, str) and (status.startswith("250-") or status == EHLO_LAST)
         if (
