@@ -89,6 +89,15 @@ class PeerHandler:
             self.active -= 1
 
 
+class RefusingStartTls(SMTP):
+    """Offers STARTTLS and then refuses it with a reply (a server whose TLS setup is broken)."""
+
+    refusal = "454 4.7.0 TLS not available due to local problem"
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        await self.push(self.refusal)
+
+
 class Peer:
     """An aiosmtpd server in its own thread and loop, on 127.0.0.1 and an ephemeral port."""
 
@@ -100,8 +109,10 @@ class Peer:
         tls: bool = True,
         tls_context: ssl.SSLContext | None = None,
         smtputf8: bool = False,
+        starttls_refusal: str | None = None,
     ) -> None:
         self.handler = PeerHandler()
+        self._refusal = starttls_refusal
         cert, key = directory / "peer-cert.pem", directory / "peer-key.pem"
         ensure_self_signed(cert, key, "peer.test")
         self.cert = cert
@@ -122,7 +133,10 @@ class Peer:
         return AuthResult(success=ok, auth_data=data.login.decode() if ok else None)
 
     def _factory(self) -> SMTP:
-        return SMTP(
+        cls: type[SMTP] = SMTP
+        if self._refusal is not None:
+            cls = type("Refusing", (RefusingStartTls,), {"refusal": self._refusal})
+        return cls(
             self.handler,
             hostname="peer.test",
             decode_data=False,

@@ -352,11 +352,14 @@ class App:
             return
         loop.add_signal_handler(WAKE_SIGNAL, runner.wake)  # before the pid is published
         pidfile = PidFile(self.config.data_dir)
-        if pidfile.acquire():
-            self.pidfile = pidfile
-        else:
-            log.warning("event=pidfile_busy path=%s (another server uses this data directory?)",
-                        pidfile.path)  # fmt: skip
+        try:
+            if pidfile.acquire():
+                self.pidfile = pidfile
+                return
+            why = "held by another process (a second server on this data directory?)"
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        log.warning("event=pidfile_unavailable path=%s reason=%r", pidfile.path, why)
 
     async def stop(self) -> None:
         """Graceful stop (SIGTERM): stop accepting; commands being processed finish and are

@@ -82,13 +82,23 @@ def message_id_of(message: bytes) -> str | None:
 
 def header_addresses(message: bytes, name: str) -> list[str] | None:
     """The addresses in every ``name`` header, None when there is no such header."""
+    return header_address_map(message, (name,))[name]
+
+
+def header_address_map(message: bytes, names: tuple[str, ...]) -> dict[str, list[str] | None]:
+    """`header_addresses` for several fields with one parse of the header."""
     parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
         header_block(message) + b"\r\n"
     )
-    values = parsed.get_all(name)
-    if not values:
-        return None
-    return [addr.lower() for _n, addr in email.utils.getaddresses([str(v) for v in values])]
+    out: dict[str, list[str] | None] = {}
+    for name in names:
+        values = parsed.get_all(name)
+        out[name] = (
+            [addr.lower() for _n, addr in email.utils.getaddresses([str(v) for v in values])]
+            if values
+            else None
+        )
+    return out
 
 
 @dataclass(slots=True)
@@ -128,18 +138,21 @@ class SubmitTxn:
             return
         self.remote.append(NewRecipient(address, notify, orcpt))
 
-    def check_headers(self, message: bytes) -> None:
-        """RFC 6409 §6.1: From (and Sender) must be the account's own addresses."""
+    def check_headers(self, message: bytes) -> list[str]:
+        """RFC 6409 §6.1: From (and Sender) must be the account's own addresses; the From
+        addresses."""
         s = self.service
-        froms = header_addresses(message, "From")
+        fields = header_address_map(message, ("From", "Sender"))
+        froms = fields["From"]
         if not froms:
             raise SmtpError(550, "5.6.0", "Message has no From header")
         for name in ("From", "Sender"):
-            for addr in header_addresses(message, name) or []:
+            for addr in fields[name] or []:
                 if not s.sender_allowed(self.account, addr):
                     raise SmtpError(
                         553, "5.7.1", f"{name} <{addr}> is not an address of {self.account}"
                     )
+        return froms
 
     def complete_headers(self, message: bytes) -> bytes:
         """RFC 6409 §8.3, §8.4: add Date and Message-ID when the client did not."""
@@ -158,10 +171,9 @@ class SubmitTxn:
         if has_smuggling(data):
             raise SmtpError(550, "5.5.2", "Message refused: bare CR or LF next to a dot line")
         message = normalize_crlf(data)
-        self.check_headers(message)
+        froms = self.check_headers(message)
         message = self.complete_headers(message)
         loop = asyncio.get_running_loop()
-        froms = header_addresses(message, "From") or [self.mail_from]
         if s.signer is not None:
             domain = froms[0].rpartition("@")[2]
             if has_8bit(message):

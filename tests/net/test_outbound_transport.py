@@ -95,6 +95,33 @@ def test_failed_opportunistic_handshake_retries_the_same_mx_in_plaintext(
     assert inbox(srv) == []
 
 
+def test_a_refused_starttls_goes_on_in_plaintext_on_the_same_connection(
+    servers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="postfach.smtp.client")
+    srv, peer = servers(starttls_refusal="454 4.7.0 TLS not available due to local problem")
+    submit(srv, plain("refused tls"))
+    wait_for(lambda: peer.messages, what="delivery")
+    assert not peer.messages[0].tls and peer.handler.ehlos == 1  # one session, no redial
+    assert "event=outbound_starttls_refused" in caplog.text
+    assert "event=outbound_tls_fallback" not in caplog.text
+
+
+def test_a_smarthost_refusing_starttls_with_5xx_defers_and_never_bounces(servers: Any) -> None:
+    toml = FAST + '[relay]\nhost = "127.0.0.1"\nport = PEERPORT\ntls = "starttls"\nverify = false\n'
+    srv, peer = servers(toml, starttls_refusal="554 5.7.0 no TLS for you")
+
+    def deferred() -> bool:
+        m = srv.app.queue.messages()
+        return bool(m) and m[0].recipients[0].attempts >= 2
+
+    submit(srv, plain())
+    wait_for(deferred, what="two deferred attempts")
+    reply = srv.app.queue.messages()[0].recipients[0].last_reply or ""
+    assert reply.startswith("451 4.7.0") and "refused STARTTLS: 554" in reply
+    assert peer.messages == [] and inbox(srv) == []
+
+
 def test_starttls_smarthost_never_falls_back_to_plaintext(servers: Any) -> None:
     toml = FAST + '[relay]\nhost = "127.0.0.1"\nport = PEERPORT\ntls = "starttls"\nverify = false\n'
     srv, peer = servers(toml, tls_context=broken_tls())

@@ -80,6 +80,7 @@ class Notifier(Protocol):
 SentCopyHandler = Callable[[SentCopy], Awaitable[None]]
 
 DUE_BATCH = 1000  # due recipients read per look
+LOOK_INTERVAL = 0.1  # seconds between two looks for due work, at least
 
 
 @dataclass
@@ -125,11 +126,17 @@ class QueueRunner:
     async def _loop(self) -> None:
         while not self._stopping:
             self._wakeup.clear()
+            looked = time.monotonic()
             try:
                 await self.run_once()
             except Exception:
                 log.exception("event=queue_runner_error")
             await self._sleep()
+            # A look reads every due row; under a stream of submissions (each one wakes us)
+            # looking at most every LOOK_INTERVAL keeps that cost bounded.
+            rest = LOOK_INTERVAL - (time.monotonic() - looked)
+            if rest > 0 and not self._stopping:
+                await asyncio.sleep(rest)
 
     async def _sleep(self) -> None:
         wait = self.poll
@@ -195,8 +202,7 @@ class QueueRunner:
 
     async def _attempt_locked(self, mid: int, domain: str, rcpts: list[QueuedRecipient]) -> None:
         store = self.store
-        msg = await asyncio.to_thread(store.message, mid)
-        data = await asyncio.to_thread(store.message_data, mid)
+        msg, data = await asyncio.to_thread(lambda: (store.message(mid), store.message_data(mid)))
         if msg is None or data is None:  # deleted meanwhile (postfach queue delete)
             return
         live = {r.id for r in msg.recipients}

@@ -366,8 +366,9 @@ class SmtpClient:
         try:
             await client.starttls(server_hostname=name, tls_context=ctx)
         except aiosmtplib.SMTPResponseException as exc:
-            if mode == "starttls":
-                raise _TryNext(_from_exc(exc, name)) from exc
+            if mode == "starttls":  # required: a deferral, also after a 5xx (never a bounce)
+                refused = f"{name} refused STARTTLS: {exc.code} {exc.message}"
+                raise _TryNext(_temporary("4.7.0", refused, name)) from exc
             log.warning("event=outbound_starttls_refused host=%s reply=%r", name, exc.message[:200])
             return
         except (OSError, ssl.SSLError, aiosmtplib.SMTPException) as exc:
