@@ -96,13 +96,24 @@ def _rest(s: socket.socket, timeout: float = 15.0) -> bytes:
 def test_sigterm_with_hundreds_of_idle_clients_tells_each_and_exits_fast(tmp_path: Path) -> None:
     server = spawn(_data(tmp_path))
     per = 100
-    conns: dict[str, list[socket.socket]] = {"smtp": [], "imap": [], "pop3": []}
+    conns: dict[str, list[socket.socket]] = {"smtp": [], "imap": [], "pop3": [], "idle": []}
     try:
-        for name, greeting in (("smtp", b"220 "), ("imap", b"* OK"), ("pop3", b"+OK")):
-            for _ in range(per):
+        for name, greeting in (
+            ("smtp", b"220 "),
+            ("submission", b"220 "),
+            ("imap", b"* OK"),
+            ("pop3", b"+OK"),
+        ):
+            for _ in range(per if name != "submission" else 20):
                 s = _connect(server.port(name))
                 assert _line(s).startswith(greeting)
-                conns[name].append(s)
+                conns["smtp" if name == "submission" else name].append(s)
+        for _ in range(5):  # logged in and in IDLE
+            s = _connect(server.port("imap"))
+            assert _line(s).startswith(b"* OK")
+            s.sendall(f'L LOGIN {USER} "{PASSWORD}"\r\nS SELECT INBOX\r\nI IDLE\r\n'.encode())
+            assert _until(s, b"+ ").startswith(b"+ ")
+            conns["idle"].append(s)
         elapsed = _stop(server)
         sel = selectors.DefaultSelector()
         got: dict[socket.socket, bytes] = {}
@@ -135,7 +146,9 @@ def test_sigterm_with_hundreds_of_idle_clients_tells_each_and_exits_fast(tmp_pat
     assert all(got[s].startswith(b"421 4.3.2 ") for s in conns["smtp"])
     assert all(got[s].startswith(b"* BYE ") for s in conns["imap"])
     assert all(got[s].startswith(b"-ERR ") for s in conns["pop3"])
-    print(f"exit after SIGTERM with {3 * per} idle connections: {elapsed:.2f} s")
+    assert all(got[s].startswith(b"* BYE ") for s in conns["idle"])
+    total = sum(len(group) for group in conns.values())
+    print(f"exit after SIGTERM with {total} idle connections: {elapsed:.2f} s")
 
 
 def test_sigterm_lets_a_data_transfer_finish_and_cuts_a_stalled_one(tmp_path: Path) -> None:
