@@ -11,6 +11,7 @@ Subclasses say how a connection is made and how long a TLS handshake may take.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -204,6 +205,8 @@ class StreamConnection(asyncio.Protocol):
             raise ConnectionResetError("connection closed during TLS handshake")
         self._transport = new_transport
         self._reading_paused = False
+        if self._stopping:  # STARTTLS was among the last commands received before the stop
+            new_transport.pause_reading()
         # Keep _inbuf: it can already hold the client's first command sent over TLS together
         # with the end of the handshake (only plaintext from before the upgrade is dropped).
         listener._log.info(
@@ -215,9 +218,14 @@ class StreamConnection(asyncio.Protocol):
         )
 
     def shutdown(self) -> None:
-        """The server is stopping: the next ``_read`` raises `ServerStopping` (a command being
-        processed is not interrupted)."""
+        """The server is stopping: nothing more is read from the client; what it already sent
+        is still handed out (so every complete command received is answered, and a command
+        being processed is not interrupted); then ``_read`` raises `ServerStopping`."""
         self._stopping = True
+        t = self._transport
+        if t is not None and not t.is_closing():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                t.pause_reading()
         self._wake_reader()
 
     def abort(self) -> None:
@@ -273,20 +281,18 @@ class StreamConnection(asyncio.Protocol):
 
     async def _read(self) -> bytes:
         """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone.
-        Raises `ServerStopping` once `shutdown` was called."""
-        if self._stopping:
-            raise ServerStopping
+        Once `shutdown` was called: what was received before, then `ServerStopping`."""
         while not self._inbuf and not self._eof and not self._lost.done():
+            if self._stopping:
+                raise ServerStopping
             self._data_waiter = self._loop.create_future()
             try:
                 await self._data_waiter
             finally:
                 self._data_waiter = None
-            if self._stopping:
-                raise ServerStopping
         data = bytes(self._inbuf)
         self._inbuf.clear()
-        if self._reading_paused and self._transport is not None:
+        if self._reading_paused and self._transport is not None and not self._stopping:
             self._reading_paused = False
             self._transport.resume_reading()
         return data

@@ -224,3 +224,47 @@ def test_sigterm_racing_commands_answered_means_done(tmp_path: Path) -> None:
     assert (b"Subject: appended" in subjects) == (b"A OK" in imap_reply)
     if b"A OK" in imap_reply:
         assert b"* BYE" in imap_reply.split(b"A OK", 1)[1]
+
+
+def _server_read_everything(server_port: int, client: socket.socket, timeout: float = 10) -> None:
+    """Wait until the server process has taken every byte this client sent out of the kernel
+    (its socket's receive queue in /proc/net/tcp is empty)."""
+    peer_port = client.getsockname()[1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            ports = (int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16))
+            if ports == (server_port, peer_port) and int(f[4].split(":")[1], 16) == 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the server did not read what was sent")
+
+
+def test_sigterm_answers_commands_received_before_it(tmp_path: Path) -> None:
+    """A 2 MB APPEND and a POP3 DELE+QUIT, completely received when SIGTERM arrives (the APPEND
+    still being stored): both are carried out and answered, then the goodbye follows."""
+    data = _data(tmp_path, messages=2)
+    server = spawn(data)
+    big = b"Subject: two megabytes\r\n\r\n" + (b"m" * 78 + b"\r\n") * 26_000
+    try:
+        pop = _connect(server.port("pop3"))
+        assert _line(pop).startswith(b"+OK")
+        for cmd in (f"USER {USER}", f"PASS {PASSWORD}"):
+            pop.sendall(cmd.encode() + b"\r\n")
+            assert _line(pop).startswith(b"+OK")
+        imap = _connect(server.port("imap"))
+        assert _line(imap).startswith(b"* OK")
+        imap.sendall(f'L LOGIN {USER} "{PASSWORD}"\r\n'.encode())
+        assert _until(imap, b"L ").startswith(b"L OK")
+        imap.sendall(b"A APPEND INBOX {%d+}\r\n" % len(big) + big + b"\r\n")
+        pop.sendall(b"DELE 1\r\nQUIT\r\n")
+        _server_read_everything(server.port("imap"), imap)
+        _server_read_everything(server.port("pop3"), pop)
+        _stop(server)
+        pop_reply, imap_reply = _rest(pop), _rest(imap)
+    finally:
+        server.kill()
+    assert pop_reply.startswith(b"+OK") and b"\r\n+OK" in pop_reply, pop_reply
+    assert imap_reply.startswith(b"A OK") and b"* BYE" in imap_reply, imap_reply
+    assert _inbox_subjects(data) == [b"Subject: old 1", b"Subject: two megabytes"]
