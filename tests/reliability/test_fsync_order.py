@@ -11,6 +11,7 @@ and the chain of writes and fsyncs in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -203,6 +204,7 @@ def test_every_acknowledgement_follows_the_fsync_of_its_data(tmp_path: Path) -> 
     prefix = ["strace", "-f", "-yy", "-ttt", "-s", "8192", "-o", str(trace)]
     prefix += ["-e", "signal=none", "-e", f"trace={TRACE_SET}"]
     server = spawn(data, prefix=prefix, startup_timeout=60)
+    traced = _traced_pid(server.pid)  # the server itself; signals to strace would not reach it
     run = uuid.uuid4().hex[:8]
     expects: list[Expect] = []
     try:
@@ -224,9 +226,11 @@ def test_every_acknowledgement_follows_the_fsync_of_its_data(tmp_path: Path) -> 
             items.append((f"A{i}", _message(marker, 90_000 if i == 2 else 0), i % 2 == 1))
             expects.append(Expect(marker.encode(), f"A{i} OK".encode()))
         _imap_appends(server.port("imap"), items)
-        os.kill(_traced_pid(server.pid), signal.SIGTERM)
+        os.kill(traced, signal.SIGTERM)
         assert server.proc.wait(timeout=60) == 0
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(traced, signal.SIGKILL)  # a killed strace would leave it running
         server.kill()
     verdicts = check(parse(trace.read_text(errors="replace")), expects)
     problems = {v.marker.decode(): v.problems for v in verdicts if v.problems}
