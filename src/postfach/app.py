@@ -242,6 +242,8 @@ class App:
                 log.warning("event=running_as_root hint=set [server] user or POSTFACH_USER")
         except BaseException:
             await self.stop()
+            for sock in bound.values():  # bound before the drop, not yet handed to a server
+                sock.close()
             raise
 
     async def _listen(self, name: str, addr: Address, coro: object) -> None:
