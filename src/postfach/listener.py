@@ -54,6 +54,7 @@ class Listener(asyncio.AbstractServer):
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()
+        self._closing = False
         #: a socket bound beforehand (by a server that drops root after binding)
         self.sock: socket.socket | None = None
 
@@ -71,6 +72,8 @@ class Listener(asyncio.AbstractServer):
         self._connections.add(conn)
         if conn.task is not None:
             conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
+        if self._closing:  # accepted before close() (a TLS handshake), connected after it
+            conn.shutdown()
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
@@ -122,6 +125,7 @@ class Listener(asyncio.AbstractServer):
 
     def close(self) -> None:
         """Stop listening and end every connection (each says goodbye its own way)."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
