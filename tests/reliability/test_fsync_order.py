@@ -111,6 +111,29 @@ def test_analyzer_checks_the_blob_file_chain() -> None:
     assert v2.problems == ["directory /d/blobs/ab was created but /d/blobs not fsynced"]
 
 
+def test_parser_reads_descriptors_strings_and_prefixes() -> None:
+    text = "\n".join(
+        [
+            '[pid  7] 1.5 sendto(5<TCPv6:[[::1]:2525->[::1]:40000]>, "250 ok\\r\\n", 8, 0) = 8',
+            '8 1.6 write(3</d/a b>, "\\0\\x41\\101\\"q\\\\"..., 70000) = 70000',
+            '8 1.7 rename("/d/blobs/tmp/x", "/d/blobs/ab/cd/x") = 0',
+            "8 1.8 fsync(4</d/blobs/ab>) = -1 EIO (Input/output error)",
+            "8 1.9 +++ exited with 0 +++",
+        ]
+    )
+    a, b, c, d = parse(text)
+    assert (a.pid, a.name, a.fd, a.data, a.ok) == (
+        7,
+        "sendto",
+        "TCPv6:[[::1]:2525->[::1]:40000]",
+        b"250 ok\r\n",
+        True,
+    )
+    assert (b.fd, b.data) == ("/d/a b", b'\0AA"q\\')
+    assert c.strings == (b"/d/blobs/tmp/x", b"/d/blobs/ab/cd/x")
+    assert d.fd == "/d/blobs/ab" and not d.ok
+
+
 def test_analyzer_reports_a_negative_reply() -> None:
     calls = parse(_trace(RX, WAL_WRITE, f"fdatasync(7<{WAL}>) = 0", REPLY.replace("250", "451")))
     assert "the reply was" in check(calls, EXPECT)[0].problems[0]
