@@ -280,6 +280,8 @@ class App:
             self._claim_pidfile(loop, runner)
         except BaseException:
             await self.stop()
+            for sock in bound.values():  # bound before the drop, not yet handed to a server
+                sock.close()
             raise
 
     def reload_tls(self) -> bool:

@@ -19,6 +19,7 @@ client that leaves a full output buffer unread is dropped (`postfach.limits.outp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import secrets
@@ -94,6 +95,7 @@ class Listener(asyncio.AbstractServer):
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()
+        self._closing = False
         #: a socket bound beforehand (by a server that drops root after binding)
         self.sock: socket.socket | None = None
         self._refusal_log = RefusalLog()
@@ -133,6 +135,8 @@ class Listener(asyncio.AbstractServer):
         self._connections.add(conn)
         if conn.task is not None:
             conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
+        if self._closing:  # accepted before close() (a TLS handshake), connected after it
+            conn.shutdown()
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
@@ -183,6 +187,7 @@ class Listener(asyncio.AbstractServer):
 
     def close(self) -> None:
         """Stop listening and end every connection (each says goodbye its own way)."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
@@ -327,6 +332,8 @@ class StreamConnection(asyncio.Protocol):
         self._transport = new_transport
         new_transport.set_write_buffer_limits(high=self.write_high_water)
         self._reading_paused = False
+        if self._stopping:  # STARTTLS was among the last commands received before the stop
+            new_transport.pause_reading()
         # Keep _inbuf: it can already hold the client's first command sent over TLS together
         # with the end of the handshake (only plaintext from before the upgrade is dropped).
         listener._log.info(
@@ -338,9 +345,14 @@ class StreamConnection(asyncio.Protocol):
         )
 
     def shutdown(self) -> None:
-        """The server is stopping: the next ``_read`` raises `ServerStopping` (a command being
-        processed is not interrupted)."""
+        """The server is stopping: nothing more is read from the client; what it already sent
+        is still handed out (so every complete command received is answered, and a command
+        being processed is not interrupted); then ``_read`` raises `ServerStopping`."""
         self._stopping = True
+        t = self._transport
+        if t is not None and not t.is_closing():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                t.pause_reading()
         self._wake_reader()
 
     def abort(self) -> None:
@@ -445,20 +457,18 @@ class StreamConnection(asyncio.Protocol):
 
     async def _read(self) -> bytes:
         """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone.
-        Raises `ServerStopping` once `shutdown` was called."""
-        if self._stopping:
-            raise ServerStopping
+        Once `shutdown` was called: what was received before, then `ServerStopping`."""
         while not self._inbuf and not self._eof and not self._lost.done():
+            if self._stopping:
+                raise ServerStopping
             self._data_waiter = self._loop.create_future()
             try:
                 await self._data_waiter
             finally:
                 self._data_waiter = None
-            if self._stopping:
-                raise ServerStopping
         data = bytes(self._inbuf)
         self._inbuf.clear()
-        if self._reading_paused and self._transport is not None:
+        if self._reading_paused and self._transport is not None and not self._stopping:
             self._reading_paused = False
             self._transport.resume_reading()
         return data

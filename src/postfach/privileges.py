@@ -66,7 +66,12 @@ def plan(cfg: Config) -> RunAs | None:
 def prepare_data_dir(path: Path, who: RunAs) -> None:
     """As root, before dropping: the data directory exists, 0700, owned by ``who``."""
     if not path.exists():
-        path.mkdir(parents=True, mode=0o700)
+        # Missing parents as mkdir -p would make them under umask 022 (ours is 077, and a
+        # 0700 root-owned parent would lock the user out of its own directory).
+        for parent in reversed([p for p in path.absolute().parents if not p.exists()]):
+            parent.mkdir()
+            parent.chmod(0o755)
+        path.mkdir(mode=0o700)
         os.chown(path, who.uid, who.gid)
         return
     st = path.stat()

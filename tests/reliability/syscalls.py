@@ -84,7 +84,7 @@ def _first_fd(args: str) -> str | None:
     if m is None:
         return None
     rest = args[m.end() :]
-    if re.match(r"[A-Z0-9-]+:\[", rest):
+    if re.match(r"[A-Za-z0-9-]+:\[", rest):
         end = rest.find("]>")
         return rest[: end + 1] if end >= 0 else None
     m2 = re.search(r">(?=[,) ]|$)", rest)

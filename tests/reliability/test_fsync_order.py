@@ -11,6 +11,7 @@ and the chain of writes and fsyncs in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -110,6 +111,29 @@ def test_analyzer_checks_the_blob_file_chain() -> None:
     assert v2.problems == ["directory /d/blobs/ab was created but /d/blobs not fsynced"]
 
 
+def test_parser_reads_descriptors_strings_and_prefixes() -> None:
+    text = "\n".join(
+        [
+            '[pid  7] 1.5 sendto(5<TCPv6:[[::1]:2525->[::1]:40000]>, "250 ok\\r\\n", 8, 0) = 8',
+            '8 1.6 write(3</d/a b>, "\\0\\x41\\101\\"q\\\\"..., 70000) = 70000',
+            '8 1.7 rename("/d/blobs/tmp/x", "/d/blobs/ab/cd/x") = 0',
+            "8 1.8 fsync(4</d/blobs/ab>) = -1 EIO (Input/output error)",
+            "8 1.9 +++ exited with 0 +++",
+        ]
+    )
+    a, b, c, d = parse(text)
+    assert (a.pid, a.name, a.fd, a.data, a.ok) == (
+        7,
+        "sendto",
+        "TCPv6:[[::1]:2525->[::1]:40000]",
+        b"250 ok\r\n",
+        True,
+    )
+    assert (b.fd, b.data) == ("/d/a b", b'\0AA"q\\')
+    assert c.strings == (b"/d/blobs/tmp/x", b"/d/blobs/ab/cd/x")
+    assert d.fd == "/d/blobs/ab" and not d.ok
+
+
 def test_analyzer_reports_a_negative_reply() -> None:
     calls = parse(_trace(RX, WAL_WRITE, f"fdatasync(7<{WAL}>) = 0", REPLY.replace("250", "451")))
     assert "the reply was" in check(calls, EXPECT)[0].problems[0]
@@ -203,6 +227,7 @@ def test_every_acknowledgement_follows_the_fsync_of_its_data(tmp_path: Path) -> 
     prefix = ["strace", "-f", "-yy", "-ttt", "-s", "8192", "-o", str(trace)]
     prefix += ["-e", "signal=none", "-e", f"trace={TRACE_SET}"]
     server = spawn(data, prefix=prefix, startup_timeout=60)
+    traced = _traced_pid(server.pid)  # the server itself; signals to strace would not reach it
     run = uuid.uuid4().hex[:8]
     expects: list[Expect] = []
     try:
@@ -224,9 +249,11 @@ def test_every_acknowledgement_follows_the_fsync_of_its_data(tmp_path: Path) -> 
             items.append((f"A{i}", _message(marker, 90_000 if i == 2 else 0), i % 2 == 1))
             expects.append(Expect(marker.encode(), f"A{i} OK".encode()))
         _imap_appends(server.port("imap"), items)
-        os.kill(_traced_pid(server.pid), signal.SIGTERM)
+        os.kill(traced, signal.SIGTERM)
         assert server.proc.wait(timeout=60) == 0
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(traced, signal.SIGKILL)  # a killed strace would leave it running
         server.kill()
     verdicts = check(parse(trace.read_text(errors="replace")), expects)
     problems = {v.marker.decode(): v.problems for v in verdicts if v.problems}

@@ -97,14 +97,25 @@ def _rest(s: socket.socket, timeout: float = 15.0) -> bytes:
 def test_sigterm_with_hundreds_of_idle_clients_tells_each_and_exits_fast(tmp_path: Path) -> None:
     server = spawn(_data(tmp_path))
     per = 100
-    conns: dict[str, list[socket.socket]] = {"smtp": [], "imap": [], "pop3": []}
+    conns: dict[str, list[socket.socket]] = {"smtp": [], "imap": [], "pop3": [], "idle": []}
     try:
-        for name, greeting in (("smtp", b"220 "), ("imap", b"* OK"), ("pop3", b"+OK")):
-            for i in range(per):
+        for name, greeting in (
+            ("smtp", b"220 "),
+            ("submission", b"220 "),
+            ("imap", b"* OK"),
+            ("pop3", b"+OK"),
+        ):
+            for i in range(per if name != "submission" else 20):
                 # From 10 addresses, each well under the default per-address limit (50).
                 s = _connect(server.port(name), f"127.0.0.{2 + i % 10}")
                 assert _line(s).startswith(greeting)
-                conns[name].append(s)
+                conns["smtp" if name == "submission" else name].append(s)
+        for _ in range(5):  # logged in and in IDLE
+            s = _connect(server.port("imap"))
+            assert _line(s).startswith(b"* OK")
+            s.sendall(f'L LOGIN {USER} "{PASSWORD}"\r\nS SELECT INBOX\r\nI IDLE\r\n'.encode())
+            assert _until(s, b"+ ").startswith(b"+ ")
+            conns["idle"].append(s)
         elapsed = _stop(server)
         sel = selectors.DefaultSelector()
         got: dict[socket.socket, bytes] = {}
@@ -137,7 +148,9 @@ def test_sigterm_with_hundreds_of_idle_clients_tells_each_and_exits_fast(tmp_pat
     assert all(got[s].startswith(b"421 4.3.2 ") for s in conns["smtp"])
     assert all(got[s].startswith(b"* BYE ") for s in conns["imap"])
     assert all(got[s].startswith(b"-ERR ") for s in conns["pop3"])
-    print(f"exit after SIGTERM with {3 * per} idle connections: {elapsed:.2f} s")
+    assert all(got[s].startswith(b"* BYE ") for s in conns["idle"])
+    total = sum(len(group) for group in conns.values())
+    print(f"exit after SIGTERM with {total} idle connections: {elapsed:.2f} s")
 
 
 def test_sigterm_lets_a_data_transfer_finish_and_cuts_a_stalled_one(tmp_path: Path) -> None:
@@ -213,3 +226,47 @@ def test_sigterm_racing_commands_answered_means_done(tmp_path: Path) -> None:
     assert (b"Subject: appended" in subjects) == (b"A OK" in imap_reply)
     if b"A OK" in imap_reply:
         assert b"* BYE" in imap_reply.split(b"A OK", 1)[1]
+
+
+def _server_read_everything(server_port: int, client: socket.socket, timeout: float = 10) -> None:
+    """Wait until the server process has taken every byte this client sent out of the kernel
+    (its socket's receive queue in /proc/net/tcp is empty)."""
+    peer_port = client.getsockname()[1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            ports = (int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16))
+            if ports == (server_port, peer_port) and int(f[4].split(":")[1], 16) == 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the server did not read what was sent")
+
+
+def test_sigterm_answers_commands_received_before_it(tmp_path: Path) -> None:
+    """A 2 MB APPEND and a POP3 DELE+QUIT, completely received when SIGTERM arrives (the APPEND
+    still being stored): both are carried out and answered, then the goodbye follows."""
+    data = _data(tmp_path, messages=2)
+    server = spawn(data)
+    big = b"Subject: two megabytes\r\n\r\n" + (b"m" * 78 + b"\r\n") * 26_000
+    try:
+        pop = _connect(server.port("pop3"))
+        assert _line(pop).startswith(b"+OK")
+        for cmd in (f"USER {USER}", f"PASS {PASSWORD}"):
+            pop.sendall(cmd.encode() + b"\r\n")
+            assert _line(pop).startswith(b"+OK")
+        imap = _connect(server.port("imap"))
+        assert _line(imap).startswith(b"* OK")
+        imap.sendall(f'L LOGIN {USER} "{PASSWORD}"\r\n'.encode())
+        assert _until(imap, b"L ").startswith(b"L OK")
+        imap.sendall(b"A APPEND INBOX {%d+}\r\n" % len(big) + big + b"\r\n")
+        pop.sendall(b"DELE 1\r\nQUIT\r\n")
+        _server_read_everything(server.port("imap"), imap)
+        _server_read_everything(server.port("pop3"), pop)
+        _stop(server)
+        pop_reply, imap_reply = _rest(pop), _rest(imap)
+    finally:
+        server.kill()
+    assert pop_reply.startswith(b"+OK") and b"\r\n+OK" in pop_reply, pop_reply
+    assert imap_reply.startswith(b"A OK") and b"* BYE" in imap_reply, imap_reply
+    assert _inbox_subjects(data) == [b"Subject: old 1", b"Subject: two megabytes"]

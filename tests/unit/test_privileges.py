@@ -41,3 +41,18 @@ def test_existing_data_directory_of_another_owner_is_refused(tmp_path: Path) -> 
         pytest.skip("tmp_path belongs to nobody")
     with pytest.raises(StartupError, match="chown -R nobody"):
         privileges.prepare_data_dir(tmp_path, nobody)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_new_data_directory_belongs_to_the_user_and_its_parents_stay_open(tmp_path: Path) -> None:
+    nobody = privileges.lookup("nobody")
+    data = tmp_path / "var" / "lib" / "postfach"
+    old = os.umask(0o077)  # as in `postfach serve`
+    try:
+        privileges.prepare_data_dir(data, nobody)
+    finally:
+        os.umask(old)
+    st = data.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody.uid, nobody.gid, 0o700)
+    assert [(p.stat().st_mode & 0o777) for p in (data.parent, data.parent.parent)] == [0o755] * 2
+    privileges.prepare_data_dir(data, nobody)  # exists and is the user's: nothing to do

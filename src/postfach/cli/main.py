@@ -86,6 +86,21 @@ class _Group(_LazyGroup):
 _OWN_USER_COMMANDS = {"serve", "fetch", "sync", None}
 
 
+#: True when the command line is this process's own (`main`); process-wide settings (umask,
+#: switching user) are then ours to change, not when click is invoked in-process (tests)
+_own_process = False
+
+
+def _process_settings(command: str | None, data: Path | None) -> None:
+    os.umask(0o077)  # mail, keys and the database are for the server's user only
+    if command not in _OWN_USER_COMMANDS:
+        # As root, work as the data directory's owner (the user `serve` drops to), so that no
+        # database journal, blob directory or key is left that the server cannot open.
+        from postfach.privileges import become_data_owner
+
+        become_data_owner(data or default_data_dir(_env()))
+
+
 class _Ctx:
     def __init__(self, data: Path | None) -> None:
         self.data = data
@@ -141,16 +156,8 @@ def _read_password(from_stdin: bool) -> str:
 @click.pass_context
 def cli(ctx: click.Context, data: Path | None) -> None:
     """postfach: a complete mail system (SMTP, POP3, IMAP) in one package."""
-    # Mail, keys and the database are for the server's user only. Restored afterwards for
-    # whoever runs the command inside a longer-lived process (the tests do, with CliRunner).
-    previous_umask = os.umask(0o077)
-    ctx.call_on_close(lambda: os.umask(previous_umask))
-    if ctx.invoked_subcommand not in _OWN_USER_COMMANDS:
-        # As root, work as the data directory's owner (the user `serve` drops to), so that no
-        # database journal, blob directory or key is left that the server cannot open.
-        from postfach.privileges import become_data_owner
-
-        become_data_owner(data or default_data_dir(_env()))
+    if _own_process:
+        _process_settings(ctx.invoked_subcommand, data)
     obj = _Ctx(data)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
@@ -406,6 +413,8 @@ def check(obj: _Ctx, repair: bool) -> None:
 
 
 def main() -> None:
+    global _own_process
+    _own_process = True
     cli(prog_name="postfach")
 
 

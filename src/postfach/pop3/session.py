@@ -256,7 +256,7 @@ class Pop3Session:
         """The line to send when the server stops: no UPDATE state, so DELEs are not applied
         (RFC 1939 §6: only QUIT in TRANSACTION enters UPDATE)."""
         self._closing = True
-        return err("server shutting down, try again later")
+        return err("server shutting down, try again later", "SYS/TEMP")
 
     def autologout_reply(self) -> bytes:
         """The line to send before closing an idle connection (no UPDATE state, RFC 1939)."""

@@ -158,10 +158,11 @@ class SmtpListener(asyncio.AbstractServer):
         await self._server.serve_forever()
 
     def close(self) -> None:
-        """Stop accepting; every session says 421 at its next command boundary."""
+        """Stop accepting; every session says 421 at its next command boundary (also one
+        still in its TLS handshake: it says 421 after the greeting)."""
         if self._server is not None:
             self._server.close()
-        for s in self._live():
+        for s in list(self._sessions):
             if isinstance(s, GracefulSMTP):
                 s.begin_shutdown()
 
