@@ -223,11 +223,16 @@ class PostfixPeer:
     With ``relay_to`` ({domain: port}) it is also a sending MTA: clients on 127.0.0.1 (its
     ``mynetworks``) may relay, and mail for each listed domain goes to ``[127.0.0.1]:port``
     (no MX lookup), using the peer's STARTTLS when offered. Its bounces for such mail land in
-    the local sender's Maildir.
+    the local sender's Maildir. ``main_cf`` lines are appended to its main.cf (later lines win).
     """
 
     def __init__(
-        self, users: list[str], port: int, *, relay_to: dict[str, int] | None = None
+        self,
+        users: list[str],
+        port: int,
+        *,
+        relay_to: dict[str, int] | None = None,
+        main_cf: str = "",
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="postfach-postfix-", dir="/tmp"))
         self.dir.chmod(0o755)
@@ -260,6 +265,7 @@ class PostfixPeer:
             "smtputf8_enable = yes\n"
             f"smtpd_tls_cert_file = {conf}/cert.pem\nsmtpd_tls_key_file = {conf}/key.pem\n"
             "smtpd_tls_security_level = may\n"
+            + main_cf
         )  # fmt: skip
         ensure_self_signed(conf / "cert.pem", conf / "key.pem", "mx.remote.test")
         # /etc/postfix/master.cf is made by the package's postinst; the .dist copy always ships.

@@ -55,8 +55,13 @@ def srv(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningServe
 
 
 @pytest.fixture
-def postfix(srv: RunningServer) -> Iterator[PostfixPeer]:
-    p = PostfixPeer([DAVE], free_port(), relay_to={"example.org": srv.port("smtp")})
+def postfix(srv: RunningServer, request: pytest.FixtureRequest) -> Iterator[PostfixPeer]:
+    p = PostfixPeer(
+        [DAVE],
+        free_port(),
+        relay_to={"example.org": srv.port("smtp")},
+        main_cf=getattr(request, "param", ""),
+    )
     try:
         yield p
     finally:
@@ -113,8 +118,19 @@ def _dsn_parts(dsn: bytes) -> tuple[EmailMessage, str, str]:
     return msg, parts[0].get_content(), status
 
 
+@pytest.mark.parametrize(
+    ("postfix", "stage"),
+    [
+        # Postfix declares SIZE=; postfach sees the message will not fit and refuses at RCPT.
+        ("", "RCPT TO"),
+        # Told to ignore postfach's SIZE, Postfix sends the data; the refusal comes after it.
+        ("smtp_discard_ehlo_keywords = size\n", "end of DATA"),
+    ],
+    indirect=["postfix"],
+    ids=["at-rcpt", "at-end-of-data"],
+)
 def test_full_postfach_mailbox_bounces_into_the_postfix_senders_maildir(
-    srv: RunningServer, postfix: PostfixPeer
+    srv: RunningServer, postfix: PostfixPeer, stage: str
 ) -> None:
     _fill(srv)
     _send_via_postfix(postfix, "too much", size=500)
@@ -124,8 +140,7 @@ def test_full_postfach_mailbox_bounces_into_the_postfix_senders_maildir(
     assert msg["From"].addresses[0].username.upper() == "MAILER-DAEMON"
     assert msg["To"] == DAVE
     assert ALICE in text and "Mailbox full" in text
-    # Postfix declares SIZE=; postfach sees it will not fit and refuses already at RCPT.
-    assert "in reply to RCPT TO command" in text
+    assert f"in reply to {stage} command" in text
     assert f"Final-Recipient: rfc822; {ALICE}" in status
     assert "Action: failed" in status and "Status: 5.2.2" in status
     assert "Remote-MTA: dns; 127.0.0.1" in status
