@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -217,9 +219,21 @@ class PostfixPeer:
     processes run as the ``postfix`` user and must reach them; pytest's tmp_path is root-only).
     It does no DNS, accepts mail for ``remote.test`` addresses listed in ``users`` (Maildir
     under ``mail/<user>/``) and refuses any other (550 5.1.1) and all relaying (554 5.7.1).
+
+    With ``relay_to`` ({domain: port}) it is also a sending MTA: clients on 127.0.0.1 (its
+    ``mynetworks``) may relay, and mail for each listed domain goes to ``[127.0.0.1]:port``
+    (no MX lookup), using the peer's STARTTLS when offered. Its bounces for such mail land in
+    the local sender's Maildir. ``main_cf`` lines are appended to its main.cf (later lines win).
     """
 
-    def __init__(self, users: list[str], port: int) -> None:
+    def __init__(
+        self,
+        users: list[str],
+        port: int,
+        *,
+        relay_to: dict[str, int] | None = None,
+        main_cf: str = "",
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="postfach-postfix-", dir="/tmp"))
         self.dir.chmod(0o755)
         self.port = port
@@ -229,12 +243,16 @@ class PostfixPeer:
         pf, nobody = pwd.getpwnam("postfix"), pwd.getpwnam("nobody")
         os.chown(data, pf.pw_uid, pf.pw_gid)
         os.chown(mail, nobody.pw_uid, nobody.pw_gid)
+        relaying = (
+            _relay_settings(relay_to) if relay_to
+            else "mynetworks =\nsmtpd_relay_restrictions = reject_unauth_destination\n"
+        )  # fmt: skip
         mailboxes = ", ".join(f"{u}={u.partition('@')[0]}/" for u in users)
         (conf / "main.cf").write_text(
             "compatibility_level = 3.6\n"
             f"queue_directory = {queue}\ndata_directory = {data}\n"
             "mail_owner = postfix\nsetgid_group = postdrop\n"
-            "myhostname = mx.remote.test\nmydestination =\nmynetworks =\n"
+            "myhostname = mx.remote.test\nmydestination =\n"
             "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n"
             "smtp_dns_support_level = disabled\nsmtpd_peername_lookup = no\n"
             "virtual_mailbox_domains = remote.test\n"
@@ -242,12 +260,13 @@ class PostfixPeer:
             f"virtual_mailbox_maps = inline:{{ {mailboxes} }}\n"
             f"virtual_uid_maps = static:{nobody.pw_uid}\n"
             f"virtual_gid_maps = static:{nobody.pw_gid}\n"
-            "smtpd_relay_restrictions = reject_unauth_destination\n"
-            f"maillog_file_prefixes = {self.dir}\nmaillog_file = {self.dir}/maillog\n"
+            + relaying
+            + f"maillog_file_prefixes = {self.dir}\nmaillog_file = {self.dir}/maillog\n"
             "smtputf8_enable = yes\n"
             f"smtpd_tls_cert_file = {conf}/cert.pem\nsmtpd_tls_key_file = {conf}/key.pem\n"
             "smtpd_tls_security_level = may\n"
-        )
+            + main_cf
+        )  # fmt: skip
         ensure_self_signed(conf / "cert.pem", conf / "key.pem", "mx.remote.test")
         # /etc/postfix/master.cf is made by the package's postinst; the .dist copy always ships.
         source = next(
@@ -274,6 +293,21 @@ class PostfixPeer:
             log = (self.dir / "maillog").read_text() if (self.dir / "maillog").exists() else ""
             raise RuntimeError(f"postfix {command} failed: {r.stderr}\n{log[-2000:]}")
 
+    def queue(self) -> list[dict[str, Any]]:
+        """The messages Postfix holds (``postqueue -j``: queue_name, recipients with reasons)."""
+        r = subprocess.run(
+            ["postqueue", "-c", str(self.dir / "conf"), "-j"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+    def flush(self) -> None:
+        """Retry the deferred mail now (``postqueue -f``), as an operator would."""
+        subprocess.run(
+            ["postqueue", "-c", str(self.dir / "conf"), "-f"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+
     def maildir(self, user: str) -> list[bytes]:
         new = self.mail / user.partition("@")[0] / "new"
         return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
@@ -287,3 +321,20 @@ class PostfixPeer:
             self._postfix("stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _relay_settings(relay_to: dict[str, int]) -> str:
+    routes = ", ".join(f"{d}=smtp:[127.0.0.1]:{port}" for d, port in relay_to.items())
+    return (
+        "mynetworks = 127.0.0.1/32\n"
+        "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n"
+        f"transport_maps = inline:{{ {routes} }}\n"
+        "smtp_tls_security_level = may\nsmtp_tls_loglevel = 1\n"
+    )
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers that cannot bind port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
