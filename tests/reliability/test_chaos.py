@@ -116,6 +116,10 @@ class Ledger:
             self.problem(f"HIGHESTMODSEQ of {account} {mailbox} went back {last} -> {hms}")
 
 
+class Stopped(Exception):
+    """The test is over: a worker waiting for a server to come back gives up."""
+
+
 class Chaos:
     """The server child and its generation (bumped before every kill)."""
 
@@ -129,6 +133,8 @@ class Chaos:
     def current(self) -> tuple[int, ServerProcess]:
         with self.cond:
             while self.server is None:
+                if self.stop.is_set():  # the test ended (or failed) during a restart
+                    raise Stopped
                 self.cond.wait(0.5)
             return self.generation, self.server
 
@@ -278,6 +284,8 @@ class Worker:
                 op()
                 self.ledger.count(f"time_{op.__name__}", int((time.monotonic() - t0) * 1000))
                 self.ledger.count(f"ops_{op.__name__}")
+        except Stopped:
+            pass
         except BaseException as exc:  # reported by the test thread
             self.errors.append(exc)
 
@@ -581,7 +589,7 @@ def exercised(ledger: Ledger) -> bool:
     return all(ledger.counts[key] > 0 for key in EXERCISED)
 
 
-@pytest.mark.timeout(300)  # about a minute; more when the machine is busy
+@pytest.mark.timeout(420)  # about a minute; minutes when the machine is very busy
 def test_sigkill_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(2**32)))
     kills = int(os.environ.get("CHAOS_KILLS", "24"))
@@ -597,7 +605,10 @@ def test_sigkill_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     ledger = Ledger()
     chaos = Chaos(data)
     workers = [Worker(chaos, ledger, accounts, i, seed) for i in range(len(accounts) + 2)]
-    threads = [threading.Thread(target=w.run, name=f"chaos-{i}") for i, w in enumerate(workers)]
+    threads = [
+        threading.Thread(target=w.run, name=f"chaos-{i}", daemon=True)
+        for i, w in enumerate(workers)
+    ]
     started = time.monotonic()
     try:
         for t in threads:
@@ -605,8 +616,12 @@ def test_sigkill_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         # At least `kills` kills, and on until every path has been acknowledged at least once
         # (on a slow machine few operations fit between kills), but not for ever.
         done = 0
-        while done < kills or (not exercised(ledger) and done < 3 * kills):
-            time.sleep(rng.uniform(0.2, 0.8))
+        while done < kills or (
+            not exercised(ledger) and done < 2 * kills and time.monotonic() - started < 180
+        ):
+            # Past the planned kills, the server lives longer between kills, so that slow
+            # IMAP and POP3 sessions on a busy machine can finish an operation.
+            time.sleep(rng.uniform(0.2, 0.8) if done < kills else rng.uniform(2.0, 5.0))
             if any(w.errors for w in workers):
                 break
             chaos.kill_and_restart()
