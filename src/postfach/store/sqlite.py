@@ -14,9 +14,12 @@ Concurrency rules (read these before changing anything here):
 * Blob files: a large message is written by the caller to ``blobs/tmp`` and fsynced; the writer
   renames it into ``blobs/ab/cd/<sha256>`` inside the op and fsyncs the directory (and the parent
   of any directory it had to create) before COMMIT.
-  Only the writer thread creates or removes final blob paths, so a blob being freed and the same
-  blob arriving again can never race. Files whose last reference went away are unlinked after the
-  COMMIT that dropped the reference.
+  Final blob paths are created and removed only under the database write lock (inside a
+  ``BEGIN IMMEDIATE`` transaction), and removed only after re-checking that no row refers to the
+  content: another process with its own writer (``postfach import``, ``migrate``, ``check
+  --repair``) may store the same content at any time. Files whose last reference went away are
+  unlinked after the COMMIT that dropped the reference, in a short write-locked transaction of
+  their own (``_unlink_freed``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
@@ -449,9 +452,8 @@ class SqliteMailstore:
         except BaseException as exc:
             self._abandon(conn, batch, ops, exc)
             return
-        for path in batch.unlink:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if batch.unlink:
+            self._unlink_freed(conn, batch.unlink)
         if any(isinstance(c, MessageAdded) for c in batch.changes):
             self._last_added = time.monotonic()
             self._index_wakeup.set()
@@ -489,6 +491,35 @@ class SqliteMailstore:
         err = _as_store_error(exc)
         for op in ops:
             op.future.set_exception(err)
+
+    def _unlink_freed(self, conn: sqlite3.Connection, paths: Collection[Path]) -> None:
+        """Remove blob files whose last reference a committed group dropped.
+
+        Under the database write lock, in a transaction of its own that writes nothing, and only
+        files whose row is still absent (or unreferenced): between our COMMIT and here another
+        process (``postfach import``, ``migrate``, ``check --repair``: each has its own writer)
+        may have stored the same content again and reused the file, and it can only have done
+        that in a transaction that has committed by the time we hold the lock. A file left
+        behind because this fails is removed by the next ``sweep_leftovers``."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            log.warning("event=blob_unlink_skipped files=%d error=%r", len(paths), exc)
+            return
+        try:
+            for path in paths:
+                row = conn.execute("SELECT refs FROM blobs WHERE sha256=?", (path.name,)).fetchone()
+                if row is not None and row[0] > 0:
+                    continue  # stored again meanwhile (by another process): the file is theirs
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("event=blob_unlink_failed blob=%s error=%r", path.name[:16], exc)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _unplace(self, conn: sqlite3.Connection, paths: Sequence[Path]) -> None:
         """Remove blob files moved into place by ops that were rolled back, unless a row
@@ -550,8 +581,15 @@ class SqliteMailstore:
         if row is not None:
             conn.execute("UPDATE blobs SET refs=refs+? WHERE sha256=?", (n, blob.sha256))
             final = self.blob_path(blob.sha256)
-            if row[0] == 0 or final in batch.unlink:
-                # Freed earlier in this batch, or a leftover row: make sure the file is there.
+            if (
+                row[0] == 0
+                or final in batch.unlink
+                or (blob.tmp_path is not None and not final.exists())
+            ):
+                # Freed earlier in this batch, a leftover row, or the file went missing: make
+                # sure the file is there. A file found here, under the write lock, survives:
+                # every removal of a final blob path (``_unlink_freed``, ``_op_sweep``,
+                # ``_unplace``) happens under the lock and skips content that has a row.
                 batch.unlink.discard(final)
                 self._place_file(batch, blob)
             elif blob.tmp_path is not None:
