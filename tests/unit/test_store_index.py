@@ -14,7 +14,7 @@ import pytest
 
 from postfach.imap.commands import SearchKey
 from postfach.imap.search import SearchContext, search
-from postfach.mime.stored import load_parsed, parse_for_storage
+from postfach.mime.stored import Parsed, load_parsed, parse_for_storage
 from postfach.store.api import INBOX, MessageMeta
 from postfach.store.sqlite import SqliteMailstore
 
@@ -181,7 +181,7 @@ NEEDLES = [
 def scan_uids(store: SqliteMailstore, key: str, needle: str) -> set[int]:
     msgs: list[MessageMeta] = store.list_messages(inbox(store))
 
-    def parsed(m: MessageMeta):  # type: ignore[no-untyped-def]
+    def parsed(m: MessageMeta) -> Parsed:
         structure = store.blob_structure(m.blob)
         assert structure is not None
         return load_parsed(structure)

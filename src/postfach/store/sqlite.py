@@ -1788,17 +1788,40 @@ class SqliteMailstore:
                 return None  # trigrams cannot answer (the tokenizer drops U+FFFE/U+FFFF)
             phrase = '"' + folded.replace('"', '""') + '"'
             query = "body : " + phrase if body_only else phrase
-            sql = "SELECT rowid FROM fts WHERE fts MATCH ?"
-            wanted = {r[0] for r in conn.execute(sql, (query,))}
-            for uid, sha, docid in conn.execute(
-                "SELECT m.uid, m.blob, d.docid FROM messages m"
-                " LEFT JOIN fts_docs d ON d.sha256=m.blob WHERE m.mailbox_id=?",
-                (mailbox_id,),
-            ):
-                if docid is None:
-                    pending.append((uid, sha))
-                elif docid in wanted:
-                    uids.add(uid)
+            hits = [r[0] for r in conn.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (query,))]
+            if len(hits) <= 2000:
+                # Few hits (the usual case): look each one's messages up by blob.
+                for docid in hits:
+                    uids.update(
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT m.uid FROM fts_docs d JOIN messages m ON m.blob=d.sha256"
+                            " WHERE d.docid=? AND m.mailbox_id=?",
+                            (docid, mailbox_id),
+                        )
+                    )
+            else:
+                # Many hits: one pass over the mailbox is cheaper than thousands of lookups.
+                wanted = set(hits)
+                uids.update(
+                    uid
+                    for uid, docid in conn.execute(
+                        "SELECT m.uid, d.docid FROM messages m JOIN fts_docs d"
+                        " ON d.sha256=m.blob WHERE m.mailbox_id=?",
+                        (mailbox_id,),
+                    )
+                    if docid in wanted
+                )
+            (blobs,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
+            (indexed,) = conn.execute("SELECT count(*) FROM fts_docs").fetchone()
+            if blobs != indexed:  # some blob is not indexed (yet, or could not be): find ours
+                pending.extend(
+                    conn.execute(
+                        "SELECT m.uid, m.blob FROM messages m WHERE m.mailbox_id=? AND NOT EXISTS"
+                        " (SELECT 1 FROM fts_docs d WHERE d.sha256=m.blob)",
+                        (mailbox_id,),
+                    )
+                )
         for uid, sha in pending:
             try:
                 headers, body = self._text_of(self.read_blob(sha), self.blob_structure(sha))
