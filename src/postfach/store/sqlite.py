@@ -1651,7 +1651,7 @@ class SqliteMailstore:
     INDEX_BATCH: Final = 25
     # Mailboxes up to this many messages are searched by reading their own messages' indexed
     # text (cost: their own size only); larger ones ask the trigram index (see search_text_uids).
-    SEARCH_SCAN_MAX: Final = 1000
+    SEARCH_SCAN_MAX: Final = 500
 
     def _indexer_loop(self) -> None:
         """Index new blobs in small batches: up to a third of one core while mail is quiet, a
@@ -1768,7 +1768,8 @@ class SqliteMailstore:
         folded = needle.casefold()
         body_only = key.upper() == "BODY"
         (count,) = conn.execute(
-            "SELECT count(*) FROM messages WHERE mailbox_id=?", (mailbox_id,)
+            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE mailbox_id=? LIMIT ?)",
+            (mailbox_id, self.SEARCH_SCAN_MAX + 1),
         ).fetchone()
         uids: set[int] = set()
         pending: list[tuple[int, str]] = []
