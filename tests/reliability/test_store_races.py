@@ -47,6 +47,11 @@ def deliver(store: SqliteMailstore, name: str) -> None:
     store.deliver([acc.id], store.stage(BIG), 1_700_000_000)
 
 
+def writer_idle(store: SqliteMailstore) -> None:
+    """Freed files are unlinked after the ops' answers: wait until the writer has done that."""
+    store.submit(lambda conn, batch: None).result(timeout=60)
+
+
 def bobs_message_is_readable(b: SqliteMailstore) -> None:
     msgs = b.list_messages(inbox(b, "bob@example.org"))
     assert len(msgs) == 1
@@ -81,6 +86,7 @@ def test_same_content_stored_while_the_other_writer_unlinks(
 
     monkeypatch.setattr(Path, "unlink", unlink)
     a.expunge(inbox(a, "alice@example.org"), [1])
+    writer_idle(a)
     assert raced, "the hook did not run: the freed blob file was never unlinked"
     raced[0].result(timeout=30)
     pool.shutdown()
@@ -109,6 +115,7 @@ def test_content_stored_again_before_the_unlink_transaction(
 
     monkeypatch.setattr(SqliteMailstore, "_unlink_freed", unlink_freed)
     a.expunge(inbox(a, "alice@example.org"), [1])
+    writer_idle(a)
     assert calls
     monkeypatch.undo()
     bobs_message_is_readable(b)
