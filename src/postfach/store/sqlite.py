@@ -466,6 +466,10 @@ class SqliteMailstore:
         except BaseException as exc:
             self._abandon(conn, batch, ops, exc)
             return
+        if batch.unlink:
+            # Before the answers, so that a freed file is gone when its op returns. This may
+            # wait for another process's write transaction (as our next BEGIN would anyway).
+            self._unlink_freed(conn, batch.unlink)
         if any(isinstance(c, MessageAdded) for c in batch.changes):
             self._last_added = time.monotonic()
             self._index_wakeup.set()
@@ -479,8 +483,6 @@ class SqliteMailstore:
                 op.future.set_exception(error)
             else:
                 op.future.set_result(result)
-        if batch.unlink:  # after the answers: it may wait for another process's write lock
-            self._unlink_freed(conn, batch.unlink)
 
     def _abandon(
         self, conn: sqlite3.Connection, batch: _Batch, ops: list[_Op], exc: BaseException
