@@ -18,8 +18,11 @@ class StartupError(RuntimeError):
     """The server cannot start; the message is one line for the user."""
 
 
-def open_store(data_dir: Path) -> SqliteMailstore:
-    """Open (and on first use initialise) the data directory; one clear error if we cannot."""
+def open_store(data_dir: Path, *, index_text: bool = True) -> SqliteMailstore:
+    """Open (and on first use initialise) the data directory; one clear error if we cannot.
+
+    ``index_text=False`` (the admin commands) runs no full-text indexer: a command ends as soon
+    as its work is done, and the server's indexer catches up with what it stored."""
     try:
         if data_dir.exists() and not data_dir.is_dir():
             raise StartupError(f"data directory {data_dir} is not a directory")
@@ -28,7 +31,7 @@ def open_store(data_dir: Path) -> SqliteMailstore:
             raise StartupError(
                 f"data directory {data_dir} is not readable and writable by uid {os.geteuid()}"
             )
-        store = SqliteMailstore(data_dir)
+        store = SqliteMailstore(data_dir, index_text=index_text)
     except StartupError:
         raise
     except OSError as exc:

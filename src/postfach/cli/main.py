@@ -112,7 +112,8 @@ class _Ctx:
 
     def store(self) -> SqliteMailstore:
         if self._store is None:
-            self._store = open_store(self.data_dir)
+            # No indexer: the server's catches up (a command must not end waiting for it).
+            self._store = open_store(self.data_dir, index_text=False)
         return self._store
 
     def close(self) -> None:

@@ -14,9 +14,12 @@ Concurrency rules (read these before changing anything here):
 * Blob files: a large message is written by the caller to ``blobs/tmp`` and fsynced; the writer
   renames it into ``blobs/ab/cd/<sha256>`` inside the op and fsyncs the directory (and the parent
   of any directory it had to create) before COMMIT.
-  Only the writer thread creates or removes final blob paths, so a blob being freed and the same
-  blob arriving again can never race. Files whose last reference went away are unlinked after the
-  COMMIT that dropped the reference.
+  Final blob paths are created and removed only under the database write lock (inside a
+  ``BEGIN IMMEDIATE`` transaction), and removed only after re-checking that no row refers to the
+  content: another process with its own writer (``postfach import``, ``migrate``, ``check
+  --repair``) may store the same content at any time. Files whose last reference went away are
+  unlinked after the COMMIT that dropped the reference, in a short write-locked transaction of
+  their own (``_unlink_freed``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
@@ -173,6 +176,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     INSERT INTO counters(name, value) SELECT 'account_id', coalesce(max(id), 0) FROM accounts;
     INSERT INTO counters(name, value) SELECT 'mailbox_id', coalesce(max(id), 0) FROM mailboxes;
+    """,
+    # 7: IMAP SEARCH compares after Unicode case folding, the trigram tokenizer only lowercases
+    # character by character ("STRASSE" did not find "Straße" once indexed): the index now holds
+    # casefolded text, so the old documents are dropped and indexed again by the indexer. Blobs
+    # whose text cannot be indexed are remembered, so that one bad message is skipped once
+    # instead of stopping the indexer for good.
+    """
+    DELETE FROM fts;
+    DELETE FROM fts_docs;
+    CREATE TABLE IF NOT EXISTS fts_skipped (
+        sha256 TEXT PRIMARY KEY,
+        error TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -315,6 +331,7 @@ class SqliteMailstore:
         )
         self._writer.start()
         self._index_wakeup = threading.Event()
+        self._index_stop = threading.Event()
         self._stopping = False
         self._last_added = 0.0
         self._indexer: threading.Thread | None = None
@@ -449,9 +466,10 @@ class SqliteMailstore:
         except BaseException as exc:
             self._abandon(conn, batch, ops, exc)
             return
-        for path in batch.unlink:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if batch.unlink:
+            # Before the answers, so that a freed file is gone when its op returns. This may
+            # wait for another process's write transaction (as our next BEGIN would anyway).
+            self._unlink_freed(conn, batch.unlink)
         if any(isinstance(c, MessageAdded) for c in batch.changes):
             self._last_added = time.monotonic()
             self._index_wakeup.set()
@@ -490,6 +508,35 @@ class SqliteMailstore:
         for op in ops:
             op.future.set_exception(err)
 
+    def _unlink_freed(self, conn: sqlite3.Connection, paths: Collection[Path]) -> None:
+        """Remove blob files whose last reference a committed group dropped.
+
+        Under the database write lock, in a transaction of its own that writes nothing, and only
+        files whose row is still absent (or unreferenced): between our COMMIT and here another
+        process (``postfach import``, ``migrate``, ``check --repair``: each has its own writer)
+        may have stored the same content again and reused the file, and it can only have done
+        that in a transaction that has committed by the time we hold the lock. A file left
+        behind because this fails is removed by the next ``sweep_leftovers``."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            log.warning("event=blob_unlink_skipped files=%d error=%r", len(paths), exc)
+            return
+        try:
+            for path in paths:
+                row = conn.execute("SELECT refs FROM blobs WHERE sha256=?", (path.name,)).fetchone()
+                if row is not None and row[0] > 0:
+                    continue  # stored again meanwhile (by another process): the file is theirs
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("event=blob_unlink_failed blob=%s error=%r", path.name[:16], exc)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
     def _unplace(self, conn: sqlite3.Connection, paths: Sequence[Path]) -> None:
         """Remove blob files moved into place by ops that were rolled back, unless a row
         (committed, or of an earlier op of this group) refers to the same content."""
@@ -502,7 +549,9 @@ class SqliteMailstore:
     def close(self) -> None:
         if self._closed:
             return
-        self._stopping = True  # the indexer finishes its batch (writes still accepted) and ends
+        # The indexer stops between two messages (writes are still accepted until it ended).
+        self._stopping = True
+        self._index_stop.set()
         self._index_wakeup.set()
         if self._indexer is not None:
             self._indexer.join(timeout=30)
@@ -550,8 +599,15 @@ class SqliteMailstore:
         if row is not None:
             conn.execute("UPDATE blobs SET refs=refs+? WHERE sha256=?", (n, blob.sha256))
             final = self.blob_path(blob.sha256)
-            if row[0] == 0 or final in batch.unlink:
-                # Freed earlier in this batch, or a leftover row: make sure the file is there.
+            if (
+                row[0] == 0
+                or final in batch.unlink
+                or (blob.tmp_path is not None and not final.exists())
+            ):
+                # Freed earlier in this batch, a leftover row, or the file went missing: make
+                # sure the file is there. A file found here, under the write lock, survives:
+                # every removal of a final blob path (``_unlink_freed``, ``_op_sweep``,
+                # ``_unplace``) happens under the lock and skips content that has a row.
                 batch.unlink.discard(final)
                 self._place_file(batch, blob)
             elif blob.tmp_path is not None:
@@ -599,6 +655,7 @@ class SqliteMailstore:
         if doc is not None:
             conn.execute("DELETE FROM fts WHERE rowid=?", (doc[0],))
             conn.execute("DELETE FROM fts_docs WHERE sha256=?", (sha,))
+        conn.execute("DELETE FROM fts_skipped WHERE sha256=?", (sha,))
         if is_file:
             batch.unlink.add(self.blob_path(sha))
 
@@ -1594,6 +1651,9 @@ class SqliteMailstore:
     # ---- full-text index ----------------------------------------------------------------------
 
     INDEX_BATCH: Final = 25
+    # Mailboxes up to this many messages are searched by reading their own messages' indexed
+    # text (cost: their own size only); larger ones ask the trigram index (see search_text_uids).
+    SEARCH_SCAN_MAX: Final = 500
 
     def _indexer_loop(self) -> None:
         """Index new blobs in small batches: up to a third of one core while mail is quiet, a
@@ -1611,30 +1671,46 @@ class SqliteMailstore:
                     break
                 if done == 0:
                     break
-                # Leave the CPU (and the writer) to deliveries and sessions most of the time.
-                time.sleep((9 if busy else 2) * (time.monotonic() - started))
+                # Leave the CPU (and the writer) to deliveries and sessions most of the time;
+                # close() ends the pause at once.
+                self._index_stop.wait((9 if busy else 2) * (time.monotonic() - started))
 
     def index_pending(self, limit: int) -> int:
-        """Index up to ``limit`` blobs that have no index entry yet; returns how many."""
+        """Index up to ``limit`` blobs that have no index entry yet; returns how many were
+        handled (indexed, or skipped because their text cannot be extracted).
+
+        A blob whose text extraction or index insert fails is recorded in ``fts_skipped`` and
+        logged once: it is never retried, and searches decode it on the spot like a blob not
+        indexed yet. Stops between blobs when the store is closing."""
         rows = (
             self._reader()
             .execute(
                 "SELECT b.sha256, b.structure FROM blobs b WHERE NOT EXISTS"
-                " (SELECT 1 FROM fts_docs d WHERE d.sha256=b.sha256) LIMIT ?",
+                " (SELECT 1 FROM fts_docs d WHERE d.sha256=b.sha256) AND NOT EXISTS"
+                " (SELECT 1 FROM fts_skipped s WHERE s.sha256=b.sha256) LIMIT ?",
                 (limit,),
             )
             .fetchall()
         )
         docs: list[tuple[str, str, str]] = []
+        failed: list[tuple[str, str]] = []
         for sha, structure in rows:
+            if self._stopping:
+                return 0  # closing: what was extracted is dropped, the next start redoes it
             try:
                 data = self.read_blob(sha)
-            except (NotFound, FileNotFoundError):
+            except NotFound:
                 continue  # freed meanwhile
-            docs.append((sha, *self._text_of(data, structure)))
-        if docs:
-            self._write(self._op_index, docs)
-        return len(docs)
+            try:
+                headers, body = self._text_of(data, structure)
+            except Exception as exc:
+                log.warning("event=index_skipped blob=%s error=%r", sha[:16], exc)
+                failed.append((sha, repr(exc)[:500]))
+                continue
+            docs.append((sha, headers.casefold(), body.casefold()))
+        if docs or failed:
+            self._write(self._op_index, docs, failed)
+        return len(docs) + len(failed)
 
     @staticmethod
     def _text_of(data: bytes, structure: str | None) -> tuple[str, str]:
@@ -1643,70 +1719,123 @@ class SqliteMailstore:
 
     @staticmethod
     def _op_index(
-        conn: sqlite3.Connection, batch: _Batch, docs: list[tuple[str, str, str]]
+        conn: sqlite3.Connection,
+        batch: _Batch,
+        docs: list[tuple[str, str, str]],
+        failed: list[tuple[str, str]],
     ) -> None:
+        skipped = list(failed)
         for sha, headers, body in docs:
             if not conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
                 continue
             if conn.execute("SELECT 1 FROM fts_docs WHERE sha256=?", (sha,)).fetchone():
                 continue
-            cur = conn.execute("INSERT INTO fts(headers, body) VALUES (?, ?)", (headers, body))
-            conn.execute("INSERT INTO fts_docs(sha256, docid) VALUES (?, ?)", (sha, cur.lastrowid))
+            conn.execute("SAVEPOINT doc")
+            try:
+                cur = conn.execute("INSERT INTO fts(headers, body) VALUES (?, ?)", (headers, body))
+                conn.execute(
+                    "INSERT INTO fts_docs(sha256, docid) VALUES (?, ?)", (sha, cur.lastrowid)
+                )
+            except (sqlite3.Error, ValueError) as exc:
+                if not conn.in_transaction:
+                    raise  # the whole transaction is gone (disk full): the op fails
+                conn.execute("ROLLBACK TO doc")
+                log.warning("event=index_skipped blob=%s error=%r", sha[:16], exc)
+                skipped.append((sha, repr(exc)[:500]))
+            conn.execute("RELEASE doc")
+        for sha, error in skipped:
+            if conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
+                conn.execute(
+                    "INSERT OR REPLACE INTO fts_skipped(sha256, error) VALUES (?, ?)", (sha, error)
+                )
 
     def search_text_uids(self, mailbox_id: int, key: str, needle: str) -> set[int] | None:
         """UIDs whose text contains ``needle`` (case-insensitive substring, RFC 9051 §6.4.4).
 
-        ``key`` is "TEXT" (headers and body) or "BODY" (body only). Indexed messages are answered
-        by the trigram index, the rest (not indexed yet) by decoding them here, so the answer is
-        always complete. None when the index cannot help: needles under three characters.
+        ``key`` is "TEXT" (headers and body) or "BODY" (body only). Text and needle are compared
+        after Unicode case folding (``str.casefold``, as `postfach.imap.search` scans): the index
+        holds casefolded text, so "STRASSE" finds "Straße" either way.
+
+        The index is shared by all accounts (one document per blob), so how long a query over
+        it takes depends on how many documents anywhere contain the needle. To keep that from
+        telling an account whether others hold a phrase, a mailbox of up to
+        ``SEARCH_SCAN_MAX`` messages never asks the index: its own messages' indexed text is
+        read by rowid and searched here (the cost depends only on its own mail). Larger
+        mailboxes ask the index for the phrase and keep their own documents. Messages not
+        indexed yet (or whose indexing failed) are decoded on the spot, so the answer is always
+        complete. None when this cannot answer: a large mailbox and a needle under three
+        characters (trigrams cannot match it), which the caller then scans.
         """
-        if len(needle) < 3:
-            return None
         conn = self._reader()
-        phrase = '"' + needle.replace('"', '""') + '"'
-        query = phrase if key.upper() == "TEXT" else "body : " + phrase
-        hits = [r[0] for r in conn.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (query,))]
+        folded = needle.casefold()
+        body_only = key.upper() == "BODY"
+        (count,) = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE mailbox_id=? LIMIT ?)",
+            (mailbox_id, self.SEARCH_SCAN_MAX + 1),
+        ).fetchone()
         uids: set[int] = set()
-        if len(hits) <= 2000:
-            # Few hits (the usual case): look each one's messages up by blob.
-            for docid in hits:
+        pending: list[tuple[int, str]] = []
+        if count <= self.SEARCH_SCAN_MAX:
+            for uid, sha, headers, body in conn.execute(
+                "SELECT m.uid, m.blob, f.headers, f.body FROM messages m"
+                " LEFT JOIN fts_docs d ON d.sha256=m.blob LEFT JOIN fts f ON f.rowid=d.docid"
+                " WHERE m.mailbox_id=?",
+                (mailbox_id,),
+            ):
+                if headers is None:
+                    pending.append((uid, sha))
+                elif folded in body or (not body_only and folded in headers):
+                    uids.add(uid)
+        else:
+            if len(folded) < 3 or "\ufffe" in folded or "\uffff" in folded:
+                return None  # trigrams cannot answer (the tokenizer drops U+FFFE/U+FFFF)
+            phrase = '"' + folded.replace('"', '""') + '"'
+            query = "body : " + phrase if body_only else phrase
+            hits = [r[0] for r in conn.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (query,))]
+            if len(hits) <= 2000:
+                # Few hits (the usual case): look each one's messages up by blob.
+                for docid in hits:
+                    uids.update(
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT m.uid FROM fts_docs d JOIN messages m ON m.blob=d.sha256"
+                            " WHERE d.docid=? AND m.mailbox_id=?",
+                            (docid, mailbox_id),
+                        )
+                    )
+            else:
+                # Many hits: one pass over the mailbox is cheaper than thousands of lookups.
+                wanted = set(hits)
                 uids.update(
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT m.uid FROM fts_docs d JOIN messages m ON m.blob=d.sha256"
-                        " WHERE d.docid=? AND m.mailbox_id=?",
-                        (docid, mailbox_id),
+                    uid
+                    for uid, docid in conn.execute(
+                        "SELECT m.uid, d.docid FROM messages m JOIN fts_docs d"
+                        " ON d.sha256=m.blob WHERE m.mailbox_id=?",
+                        (mailbox_id,),
+                    )
+                    if docid in wanted
+                )
+            (blobs,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
+            (indexed,) = conn.execute("SELECT count(*) FROM fts_docs").fetchone()
+            if blobs != indexed:  # some blob is not indexed (yet, or could not be): find ours
+                pending.extend(
+                    conn.execute(
+                        "SELECT m.uid, m.blob FROM messages m WHERE m.mailbox_id=? AND NOT EXISTS"
+                        " (SELECT 1 FROM fts_docs d WHERE d.sha256=m.blob)",
+                        (mailbox_id,),
                     )
                 )
-        else:
-            # Many hits: one pass over the mailbox is cheaper than thousands of lookups.
-            wanted = set(hits)
-            uids.update(
-                uid
-                for uid, docid in conn.execute(
-                    "SELECT m.uid, d.docid FROM messages m JOIN fts_docs d ON d.sha256=m.blob"
-                    " WHERE m.mailbox_id=?",
-                    (mailbox_id,),
-                )
-                if docid in wanted
-            )
-        (blobs,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
-        (indexed,) = conn.execute("SELECT count(*) FROM fts_docs").fetchone()
-        if blobs == indexed:  # everything is indexed: nothing to scan
-            return uids
-        pending = conn.execute(
-            "SELECT m.uid, m.blob, b.structure FROM messages m JOIN blobs b ON b.sha256=m.blob"
-            " WHERE m.mailbox_id=? AND NOT EXISTS (SELECT 1 FROM fts_docs d WHERE d.sha256=m.blob)",
-            (mailbox_id,),
-        ).fetchall()
-        folded = needle.lower()  # as the trigram tokenizer folds (RFC 5051 keeps ß apart from ss)
-        for uid, sha, structure in pending:
+        for uid, sha in pending:
             try:
-                headers, body = self._text_of(self.read_blob(sha), structure)
-            except (NotFound, FileNotFoundError):
+                headers, body = self._text_of(self.read_blob(sha), self.blob_structure(sha))
+            except NotFound:
+                continue  # expunged meanwhile
+            except Exception as exc:
+                # As the indexer found (fts_skipped): its text cannot be extracted, so no
+                # text search can match it.
+                log.debug("event=search_text_failed blob=%s error=%r", sha[:16], exc)
                 continue
-            text = body if key.upper() == "BODY" else headers + "\n" + body
-            if folded in text.lower():
+            if folded in body.casefold() or (not body_only and folded in headers.casefold()):
                 uids.add(uid)
         return uids
 

@@ -1,0 +1,223 @@
+# ruff: noqa: RUF001, RUF003  (dotless i and long s are the point of these tests)
+"""The full-text index: a message that cannot be indexed, closing while indexing, and SEARCH
+TEXT/BODY giving the same answers with and without the index (Unicode case folding)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from postfach.imap.commands import SearchKey
+from postfach.imap.search import SearchContext, search
+from postfach.mime.stored import Parsed, load_parsed, parse_for_storage
+from postfach.store.api import INBOX, MessageMeta
+from postfach.store.sqlite import SqliteMailstore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteMailstore]:
+    s = SqliteMailstore(tmp_path / "data", index_text=False)
+    s.add_domain("example.org")
+    s.add_account("alice@example.org", "-")
+    yield s
+    s.close()
+
+
+def inbox(store: SqliteMailstore) -> int:
+    acc = store.get_account("alice@example.org")
+    assert acc is not None
+    box = store.get_mailbox(acc.id, INBOX)
+    assert box is not None
+    return box.id
+
+
+def put(store: SqliteMailstore, subject: str, body: str) -> None:
+    m = (
+        f"From: a@example.org\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        f"{body}\r\n"
+    ).encode()
+    acc = store.get_account("alice@example.org")
+    assert acc is not None
+    store.deliver([acc.id], store.stage(m, parse_for_storage(m)), 1_700_000_000)
+
+
+def index_all(store: SqliteMailstore) -> None:
+    while store.index_pending(100):
+        pass
+
+
+def poison_text_of(monkeypatch: pytest.MonkeyPatch, marker: str) -> None:
+    real = SqliteMailstore._text_of
+
+    def text_of(data: bytes, structure: str | None) -> tuple[str, str]:
+        if marker.encode() in data:
+            raise RuntimeError("decoder bug")
+        return real(data, structure)
+
+    monkeypatch.setattr(SqliteMailstore, "_text_of", staticmethod(text_of))
+
+
+def count(store: SqliteMailstore, table: str) -> int:
+    (n,) = store._reader().execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(n)
+
+
+def test_a_message_that_cannot_be_indexed_is_skipped_once(
+    store: SqliteMailstore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the indexer stopped at the exception and retried the same batch at every
+    wake-up, so nothing after the bad message was ever indexed."""
+    poison_text_of(monkeypatch, "POISON")
+    put(store, "first", "hello zebrafinch")
+    put(store, "bad", "POISON zebrafinch")
+    for i in range(40):
+        put(store, f"later {i}", "zebrafinch migration")
+    with caplog.at_level(logging.WARNING, logger="postfach.store.sqlite"):
+        index_all(store)
+        assert store.index_pending(100) == 0  # not retried
+    assert count(store, "fts_docs") == 41
+    assert count(store, "fts_skipped") == 1
+    skipped = [r for r in caplog.records if "index_skipped" in r.getMessage()]
+    assert len(skipped) == 1
+    # SEARCH still answers: every message whose text can be read, not the bad one.
+    uids = store.search_text_uids(inbox(store), "TEXT", "ZEBRAFINCH")
+    assert uids == {1} | set(range(3, 43))
+    # Expunging the bad message forgets it.
+    store.expunge(inbox(store), [2])
+    assert count(store, "fts_skipped") == 0
+
+
+def test_an_index_insert_that_fails_is_skipped(
+    store: SqliteMailstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text SQLite refuses (a lone surrogate) fails that document, not the whole batch."""
+    real = SqliteMailstore._text_of
+
+    def text_of(data: bytes, structure: str | None) -> tuple[str, str]:
+        headers, body = real(data, structure)
+        return (headers, body + "\ud800") if b"SURROGATE" in data else (headers, body)
+
+    monkeypatch.setattr(SqliteMailstore, "_text_of", staticmethod(text_of))
+    put(store, "one", "SURROGATE text")
+    put(store, "two", "fine text")
+    index_all(store)
+    assert (count(store, "fts_docs"), count(store, "fts_skipped")) == (1, 1)
+    assert store.search_text_uids(inbox(store), "BODY", "fine text") == {2}
+
+
+def test_the_indexer_thread_goes_on_past_a_bad_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison_text_of(monkeypatch, "POISON")
+    s = SqliteMailstore(tmp_path / "data")
+    try:
+        s.add_domain("example.org")
+        s.add_account("alice@example.org", "-")
+        put(s, "bad", "POISON")
+        for i in range(60):
+            put(s, f"good {i}", "text")
+        deadline = time.monotonic() + 20
+        while count(s, "fts_docs") < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count(s, "fts_docs") == 60
+    finally:
+        s.close()
+
+
+def test_close_does_not_wait_for_the_indexer_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: close() waited for the indexer to finish its 25-message batch (and its pause)."""
+    real = SqliteMailstore._text_of
+    started = threading.Event()
+
+    def slow_text_of(data: bytes, structure: str | None) -> tuple[str, str]:
+        started.set()
+        time.sleep(0.3)
+        return real(data, structure)
+
+    monkeypatch.setattr(SqliteMailstore, "_text_of", staticmethod(slow_text_of))
+    s = SqliteMailstore(tmp_path / "data")
+    s.add_domain("example.org")
+    s.add_account("alice@example.org", "-")
+    for i in range(25):
+        put(s, f"m {i}", "text")
+    assert started.wait(15)
+    t0 = time.monotonic()
+    s.close()
+    assert time.monotonic() - t0 < 2.0  # 25 x 0.3 s = 7.5 s if it finished the batch
+
+
+# -- case folding: the index must answer exactly what scanning the messages answers ----------
+
+TRICKY_TEXTS = [
+    ("Straße", "Die Hauptstraße 5"),
+    ("STRASSE", "HAUPTSTRASSE 5"),
+    ("İstanbul", "İSTANBUL trip"),
+    ("ıstanbul", "DIYARBAKIR ılık"),
+    ("Σίσυφος", "ΟΔΟΣ and οδος and οδοσ"),
+    ("ﬁle", "the ﬁnal ﬂight"),
+    ("Kelvin", "300 \u212a is warm"),
+    ("ǅemal", "ǄEMAL ǆemal"),
+    ("Ⅻ", "chapter ⅻ"),
+    ("ſtraße", "ẞ capital sharp s"),
+    ("plain", "nothing special here"),
+]
+NEEDLES = [
+    "strasse", "STRASSE", "straße", "STRAẞE", "traß", "ss", "ß",
+    "istanbul", "ISTANBUL", "İstanbul", "i̇stanbul", "ıstanbul", "IL", "ılı",
+    "οδος", "ΟΔΟΣ", "οδοσ", "σίσυφοσ", "ΣΊΣΥΦΟΣ",
+    "file", "FINAL", "ﬁ", "flight", "kelvin", "300 k", "\u212a", "ǆemal", "Ǆ", "ⅻ", "XII",
+    "special", "nothing", "hauptstrasse", "capital sharp", "sharp s", "zz",
+]  # fmt: skip
+
+
+def scan_uids(store: SqliteMailstore, key: str, needle: str) -> set[int]:
+    msgs: list[MessageMeta] = store.list_messages(inbox(store))
+
+    def parsed(m: MessageMeta) -> Parsed:
+        structure = store.blob_structure(m.blob)
+        assert structure is not None
+        return load_parsed(structure)
+
+    ctx = SearchContext(
+        now=0,
+        max_seq=len(msgs),
+        max_uid=max(m.uid for m in msgs),
+        parsed=parsed,
+        data=lambda m: store.read_blob(m.blob),
+    )
+    return {m.uid for _, m in search(SearchKey(key, needle), list(enumerate(msgs, 1)), ctx)}
+
+
+def index_uids(store: SqliteMailstore, key: str, needle: str) -> set[int] | None:
+    return store.search_text_uids(inbox(store), key, needle)
+
+
+@pytest.mark.parametrize("strategy", ["own-text", "trigram-index"])
+def test_index_and_scan_agree_on_case_folding(
+    store: SqliteMailstore, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    if strategy == "trigram-index":  # as for a mailbox of more than SEARCH_SCAN_MAX messages
+        monkeypatch.setattr(store, "SEARCH_SCAN_MAX", 0)
+    for subject, body in TRICKY_TEXTS:
+        put(store, subject, body)
+    expected = {(k, n): scan_uids(store, k, n) for k in ("TEXT", "BODY") for n in NEEDLES}
+    assert expected[("TEXT", "strasse")] == {1, 2, 10}  # casefold: ß is ss, ſ is s
+    assert expected[("BODY", "ΟΔΟΣ")] == {5}
+    for phase in ("not indexed", "indexed"):
+        if phase == "indexed":
+            index_all(store)
+            assert count(store, "fts_docs") == len(TRICKY_TEXTS)
+        for (key, needle), want in expected.items():
+            got = index_uids(store, key, needle)
+            if got is None:  # needle too short for trigrams: the caller scans
+                assert strategy == "trigram-index" and len(needle.casefold()) < 3
+                continue
+            assert got == want, (phase, key, needle)
