@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from postfach.delivery import DeliveryTxn, LocalDelivery
 from postfach.errors import SmtpError
 from postfach.limits import Limits
+from postfach.smtp.address import FastAddressSMTP
 from postfach.smtp.data import BlockDataSMTP
 from postfach.smtp.graceful import GracefulSMTP
 from postfach.smtp.limits import ConnectionLimits, LimitedSMTP
@@ -77,11 +78,11 @@ class _EnhancedCodes:
         await super().push(status)  # type: ignore[misc]
 
 
-class PostfachSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP):
+class PostfachSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, FastAddressSMTP):
     pass
 
 
-class PostfachLMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, LMTP):
+class PostfachLMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, FastAddressSMTP, LMTP):
     pass
 
 
