@@ -21,6 +21,7 @@ from postfach.smtp.address import FastAddressSMTP
 from postfach.smtp.data import BlockDataSMTP
 from postfach.smtp.graceful import GracefulSMTP
 from postfach.smtp.limits import ConnectionLimits, LimitedSMTP
+from postfach.smtp.replies import HeldReplies
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,15 @@ class _EnhancedCodes:
         await super().push(status)  # type: ignore[misc]
 
 
-class PostfachSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, FastAddressSMTP):
+class PostfachSMTP(
+    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP
+):
     pass
 
 
-class PostfachLMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, FastAddressSMTP, LMTP):
+class PostfachLMTP(
+    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP, LMTP
+):
     pass
 
 
