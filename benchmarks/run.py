@@ -326,7 +326,8 @@ def bench_peers(ctx: Ctx, root: Path) -> None:
                 populate(ctx, dovecot.lmtp_port, lmtp=True, what="Dovecot")
                 measure_pop3(ctx, "Dovecot POP3", "dovecot", dovecot.pop3_port, None)
 
-            ctx.report.attempt("Dovecot POP3", pop3)
+            if a.pop3_messages > 0:
+                ctx.report.attempt("Dovecot POP3", pop3)
     except Exception:
         ctx.report.errors.append(f"Dovecot: {dovecot.log_tail()}")
         raise
@@ -393,7 +394,8 @@ def bench_postfach(ctx: Ctx, root: Path) -> None:
                 profile_dir / "pop3.txt" if profile_dir else None,
             )
 
-        ctx.report.attempt("postfach POP3", pop3)
+        if a.pop3_messages > 0:  # --pop3-messages 0: delivery only
+            ctx.report.attempt("postfach POP3", pop3)
     except Exception:
         tail = pf.log_tail()
         if tail:
@@ -651,7 +653,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--messages", type=int, default=2000, help="deliveries per target")
     ap.add_argument("--warmup", type=int, default=100, help="unmeasured deliveries first")
     ap.add_argument("--accounts", type=int, default=10, help="delivery accounts (N)")
-    ap.add_argument("--pop3-messages", type=int, default=500, help="messages per POP3 mailbox")
+    ap.add_argument(
+        "--pop3-messages",
+        type=int,
+        default=500,
+        help="messages per POP3 mailbox (0: no POP3 measurement)",
+    )
     ap.add_argument("--pop3-rounds", type=int, default=3, help="measured POP3 rounds")
     ap.add_argument(
         "--pop3-depths",

@@ -45,9 +45,10 @@ class GracefulSMTP:
         super().connection_made(transport)  # type: ignore[misc]
         reader = getattr(self, "_reader", None)
         if reader is not None and not self._reader_wrapped:
-            # Every line aiosmtpd reads (commands and DATA) goes through readuntil.
+            # Commands are read with readuntil, message data (postfach.smtp.data) with read.
             self._reader_wrapped = True
             setattr(reader, "readuntil", _guarded(self, reader.readuntil))  # noqa: B010
+            setattr(reader, "read", _guarded(self, reader.read))  # noqa: B010
 
     async def smtp_DATA(self, arg: str) -> None:
         self._in_data = True
@@ -81,8 +82,8 @@ class GracefulSMTP:
         await asyncio.get_running_loop().create_future()
 
 
-def _guarded(conn: GracefulSMTP, readuntil: Callable[..., Any]) -> Callable[..., Any]:
-    async def guarded(separator: bytes = b"\n") -> bytes:
+def _guarded(conn: GracefulSMTP, read: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(*args: Any) -> bytes:
         loop = asyncio.get_running_loop()
         while True:
             if conn._stopping:
@@ -91,14 +92,14 @@ def _guarded(conn: GracefulSMTP, readuntil: Callable[..., Any]) -> Callable[...,
                     await conn._goodbye()
                 try:
                     async with asyncio.timeout(left):
-                        line: bytes = await readuntil(separator)
+                        line: bytes = await read(*args)
                         return line
                 except TimeoutError:
                     await conn._goodbye()
             task = asyncio.current_task()
             conn._read_task = task
             try:
-                line = await readuntil(separator)
+                line = await read(*args)
                 return line
             except asyncio.CancelledError:
                 # Our own wake-up from begin_shutdown, not the connection going away.

@@ -17,8 +17,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from postfach.delivery import DeliveryTxn, LocalDelivery
 from postfach.errors import SmtpError
 from postfach.limits import Limits
+from postfach.smtp.address import FastAddressSMTP
+from postfach.smtp.data import BlockDataSMTP
 from postfach.smtp.graceful import GracefulSMTP
 from postfach.smtp.limits import ConnectionLimits, LimitedSMTP
+from postfach.smtp.replies import HeldReplies
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +79,15 @@ class _EnhancedCodes:
         await super().push(status)  # type: ignore[misc]
 
 
-class PostfachSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP):
+class PostfachSMTP(
+    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP
+):
     pass
 
 
-class PostfachLMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, LMTP):
+class PostfachLMTP(
+    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP, LMTP
+):
     pass
 
 

@@ -34,6 +34,8 @@ from postfach.dsn import RET_VALUES, parse_notify, parse_orcpt, xtext_decode
 from postfach.errors import LoginLockedOut, SmtpError
 from postfach.limits import Limits
 from postfach.outbound import Outbound, SubmitTxn
+from postfach.smtp.address import FastAddressSMTP
+from postfach.smtp.data import BlockDataSMTP
 from postfach.smtp.graceful import GracefulSMTP
 from postfach.smtp.handler import EHLO_LAST, S451_LOCAL_ERROR, S503_MAIL_FIRST, _EnhancedCodes
 from postfach.smtp.limits import ConnectionLimits, LimitedSMTP
@@ -96,7 +98,7 @@ def _is_loopback(peer: Any) -> bool:
         return False
 
 
-class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP):
+class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, FastAddressSMTP):
     """aiosmtpd's SMTP with our AUTH mechanisms, DSN parameters and TLS policy."""
 
     def __init__(
