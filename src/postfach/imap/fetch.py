@@ -69,9 +69,12 @@ __all__ = [
     "FetchResponse",
     "UnknownCte",
     "email_id",
+    "fetch_plan",
     "fetch_response",
     "format_flags",
     "implies_seen",
+    "meta_only",
+    "meta_response",
     "needs_data",
     "thread_id",
 ]
@@ -155,6 +158,16 @@ def needs_data(items: Sequence[FetchItem]) -> bool:
 
 
 _DATA_ATTRS: Final = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT", "PREVIEW", "THREADID"})
+#: items answered from `MessageMeta` alone (no structure, no octets)
+_META_ATTRS: Final = frozenset(
+    {"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE", "SAVEDATE", "EMAILID"}
+)
+
+
+def meta_only(items: Sequence[FetchItem]) -> bool:
+    """True when these items are answered from the message's `MessageMeta` alone: the session
+    can build such responses for many messages without reading anything per message."""
+    return all(isinstance(i, FetchAttr) and i.name in _META_ATTRS for i in items)
 
 
 def email_id(meta: MessageMeta) -> str:
@@ -354,7 +367,8 @@ def fetch_response(
 
     Raises `UnknownCte` for BINARY of a part with an unknown transfer encoding.
     """
-    set_seen = not readonly and not (meta.flags & Flag.SEEN) and implies_seen(items)
+    items = tuple(items)
+    set_seen = not readonly and _implies_seen(items) and not meta.flags & Flag.SEEN
     flags = meta.flags | Flag.SEEN if set_seen else meta.flags
     flags_changed = flags_changed or set_seen
 
@@ -371,6 +385,32 @@ def fetch_response(
             octets.append(data())
         return octets[0]
 
+    out = _Builder(b"* %d FETCH (" % seq)
+    first = True
+    for item in _plan(items, uid, flags_changed, condstore):
+        if not first:
+            out.add(b" ")
+        first = False
+        if isinstance(item, FetchAttr):
+            _attr(out, item, meta, flags, get_parsed, get_data, imap4rev2, utf8, recent)
+        elif isinstance(item, FetchSection):
+            _section(out, item, get_parsed, get_data)
+        else:
+            _binary_size(out, item, get_parsed, get_data)
+    return FetchResponse(out.finish(), set_seen)
+
+
+@functools.lru_cache(maxsize=256)
+def _implies_seen(items: tuple[FetchItem, ...]) -> bool:
+    return implies_seen(items)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(
+    items: tuple[FetchItem, ...], uid: bool, flags_changed: bool, condstore: bool
+) -> tuple[FetchItem, ...]:
+    """The items of one response in order: UID first when implied, each item once, FLAGS and
+    MODSEQ added when implied (the same for every message of a command: computed once)."""
     wanted: list[FetchItem] = []
     seen_items: set[FetchItem] = set()
     names = {i.name for i in items if isinstance(i, FetchAttr)}
@@ -384,20 +424,41 @@ def fetch_response(
         wanted.append(FetchAttr("FLAGS"))
     if flags_changed and condstore and "MODSEQ" not in names:
         wanted.append(FetchAttr("MODSEQ"))
+    return tuple(wanted)
 
-    out = _Builder(b"* %d FETCH (" % seq)
-    first = True
-    for item in wanted:
-        if not first:
-            out.add(b" ")
-        first = False
-        if isinstance(item, FetchAttr):
-            _attr(out, item, meta, flags, get_parsed, get_data, imap4rev2, utf8, recent)
-        elif isinstance(item, FetchSection):
-            _section(out, item, get_parsed, get_data)
-        else:
-            _binary_size(out, item, get_parsed, get_data)
-    return FetchResponse(out.finish(), set_seen)
+
+def fetch_plan(
+    items: Sequence[FetchItem], *, uid: bool = False, flags_changed: bool = False,
+    condstore: bool = False,
+) -> tuple[FetchItem, ...]:  # fmt: skip
+    """The items `meta_response` answers, in order (the arguments as for `fetch_response`)."""
+    return _plan(tuple(items), uid, flags_changed, condstore)
+
+
+def meta_response(seq: int, meta: MessageMeta, plan: Sequence[FetchItem], recent: bool) -> bytes:
+    """``* seq FETCH (...)`` for items that `meta_only` accepts, from a `fetch_plan`: the same
+    octets `fetch_response` gives, for the many-message case (FETCH 1:* (FLAGS))."""
+    flags = meta.flags
+    parts = [_meta_attr(item.name, meta, flags, recent) for item in plan]  # type: ignore[union-attr]
+    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+
+def _meta_attr(name: str, meta: MessageMeta, flags: Flag, recent: bool) -> bytes:
+    if name == "FLAGS":
+        return b"FLAGS " + format_flags(flags, meta.keywords, recent)
+    if name == "UID":
+        return b"UID %d" % meta.uid
+    if name == "MODSEQ":  # RFC 7162 §3.1.4.1
+        return b"MODSEQ (%d)" % meta.modseq
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % meta.size
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + format_date_time(meta.internal_date).encode()
+    if name == "SAVEDATE":  # RFC 8514 §4
+        return b"SAVEDATE " + format_date_time(meta.save_date).encode()
+    if name == "EMAILID":  # RFC 8474 §5.1
+        return b"EMAILID (" + email_id(meta).encode() + b")"
+    raise ValueError(f"not a metadata FETCH item {name!r}")
 
 
 def _attr(
@@ -412,20 +473,8 @@ def _attr(
     recent: bool = False,
 ) -> None:
     name = item.name
-    if name == "UID":
-        out.add(b"UID %d" % meta.uid)
-    elif name == "FLAGS":
-        out.add(b"FLAGS " + format_flags(flags, meta.keywords, recent))
-    elif name == "INTERNALDATE":
-        out.add(b"INTERNALDATE " + format_date_time(meta.internal_date).encode())
-    elif name == "RFC822.SIZE":
-        out.add(b"RFC822.SIZE %d" % meta.size)
-    elif name == "MODSEQ":  # RFC 7162 §3.1.4.1
-        out.add(b"MODSEQ (%d)" % meta.modseq)
-    elif name == "SAVEDATE":  # RFC 8514 §4
-        out.add(b"SAVEDATE " + format_date_time(meta.save_date).encode())
-    elif name == "EMAILID":  # RFC 8474 §5.1
-        out.add(b"EMAILID (" + email_id(meta).encode() + b")")
+    if name in _META_ATTRS:
+        out.add(_meta_attr(name, meta, flags, recent))
     elif name == "THREADID":  # RFC 8474 §5.2
         tid = thread_id(meta, get_parsed(), get_data())
         out.add(b"THREADID (" + tid.encode() + b")")

@@ -9,8 +9,13 @@ injection").
 
 The session writes its responses through the `_Connection` (the `Output` contract in
 `postfach.imap.session`): large results (FETCH of many messages) are written as they are built,
-waiting for the client to read whenever the transport's buffer is full. Changes of the account
-that arrive while a session is idle (IDLE) are written by the session itself from the event loop.
+waiting for the client to read whenever the transport's buffer is full. Small writes are
+collected and handed to the transport together (one ``send`` for a whole FETCH 1:* (FLAGS) of
+a few hundred messages instead of one per message): when ``_OUT_BATCH`` octets are pending,
+when the session waits for the client (``drain`` with a full transport buffer, or the next
+read), and at the latest in the event loop's next round (``call_soon``), so nothing waits.
+Changes of the account that arrive while a session is idle (IDLE) are written by the session
+itself from the event loop.
 
 Log lines are ``key=value`` with a per-connection id; passwords and SASL data never appear.
 """
@@ -35,6 +40,7 @@ __all__ = ["ImapServer", "start_imap_server"]
 log = logging.getLogger("postfach.imap")
 
 _CLOSE_TIMEOUT: Final = 5.0  # how long a graceful close (TLS shutdown, flush) may take
+_OUT_BATCH: Final = 64 * 1024  # pending output above this goes to the transport at once
 
 
 class _Connection(StreamConnection):
@@ -46,6 +52,8 @@ class _Connection(StreamConnection):
         super().__init__(server)
         self._server = server
         self.session: ImapSession | None = None
+        self._out: list[bytes] = []  # written by the session, not yet given to the transport
+        self._out_size = 0
 
     # ---- the session's Output ----------------------------------------------------------------
 
@@ -54,7 +62,28 @@ class _Connection(StreamConnection):
         t = self._transport
         if t is None or t.is_closing() or not data:
             return
-        t.write(data)
+        if len(data) >= _OUT_BATCH:  # a big literal: no copy into a joined buffer
+            self.flush()
+            t.write(data)
+            return
+        if not self._out:
+            self._loop.call_soon(self.flush)
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= _OUT_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what the session wrote to the transport (one write)."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_size = 0
+        t = self._transport
+        if t is None or t.is_closing():
+            return
+        t.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def drain(self) -> None:
         """Wait while the client is not reading; raises ConnectionResetError once it is gone."""
@@ -65,6 +94,7 @@ class _Connection(StreamConnection):
             t is None or t.get_write_buffer_size() <= self.write_high_water
         ):
             return
+        self.flush()
         while self._write_paused:
             if self._lost.done():
                 raise ConnectionResetError("connection lost")
@@ -78,6 +108,7 @@ class _Connection(StreamConnection):
 
     async def start_tls(self) -> None:
         """Upgrade after ``OK`` to STARTTLS (RFC 9051 §6.2.1)."""
+        self.flush()  # the OK goes out in plaintext, before the handshake
         await self.upgrade_tls()
 
     # ---- the conversation --------------------------------------------------------------------
@@ -110,6 +141,7 @@ class _Connection(StreamConnection):
             session.greet()
             while not session.closing:
                 timeout, command = self._read_timeout(session.autologout, session.buffered)
+                self.flush()
                 try:
                     async with asyncio.timeout(timeout):
                         data = await self._read()
@@ -158,6 +190,7 @@ class _Connection(StreamConnection):
                 )
 
     async def _close_transport(self) -> None:
+        self.flush()
         transport = self._transport
         if transport is None:
             return

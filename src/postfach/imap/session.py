@@ -34,6 +34,7 @@ Rules worth knowing (read before changing anything here):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import enum
 import ipaddress
@@ -59,11 +60,15 @@ from postfach.imap import commands as c
 from postfach.imap.fetch import (
     UnknownCte,
     base64_nul_parts,
+    fetch_plan,
     fetch_response,
     format_flags,
     implies_seen,
+    meta_only,
+    meta_response,
     needs_data,
 )
+from postfach.imap.listing import Listing, ListingCache
 from postfach.imap.parser import ParseError, parse_command, parse_done
 from postfach.imap.response import (
     continuation,
@@ -202,6 +207,8 @@ class ImapBackend:
     hub: Hub
     authenticate: Authenticate
     recent: RecentClaims = field(default_factory=RecentClaims)
+    #: mailbox listings shared by the sessions that select the same unchanged mailbox
+    listings: ListingCache = field(default_factory=ListingCache)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,9 +361,6 @@ class _Selected:
     gone: bool = False  # deleted by some session
 
 
-_Handler = Callable[[Any], Awaitable["_Ok"]]
-
-
 @dataclass(frozen=True, slots=True)
 class _Ok:
     """What a handler returns: the tagged OK's code and text, or ``pending`` for no reply yet."""
@@ -409,42 +413,6 @@ class ImapSession:
         self._closing = False
         self._session_account: int | None = None  # holds a place in hub.sessions
         self.close_reason = "logout"
-        self._handlers: dict[CommandType, _Handler] = {
-            c.Capability: self._cmd_capability,
-            c.Noop: self._cmd_noop,
-            c.Logout: self._cmd_logout,
-            c.Id: self._cmd_id,
-            c.StartTls: self._cmd_starttls,
-            c.Authenticate: self._cmd_authenticate,
-            c.Login: self._cmd_login,
-            c.Enable: self._cmd_enable,
-            c.Select: self._cmd_select,
-            c.Create: self._cmd_create,
-            c.Delete: self._cmd_delete,
-            c.Rename: self._cmd_rename,
-            c.Subscribe: self._cmd_subscribe,
-            c.Unsubscribe: self._cmd_unsubscribe,
-            c.List: self._cmd_list,
-            c.Lsub: self._cmd_lsub,
-            c.Namespace: self._cmd_namespace,
-            c.Status: self._cmd_status,
-            c.Append: self._cmd_append,
-            c.Idle: self._cmd_idle,
-            c.GetQuota: self._cmd_getquota,
-            c.GetQuotaRoot: self._cmd_getquotaroot,
-            c.SetQuota: self._cmd_setquota,
-            c.Check: self._cmd_check,
-            c.Close: self._cmd_close,
-            c.Unselect: self._cmd_unselect,
-            c.Expunge: self._cmd_expunge,
-            c.Search: self._cmd_search,
-            c.Fetch: self._cmd_fetch,
-            c.Store: self._cmd_store,
-            c.Copy: self._cmd_copy,
-            c.Move: self._cmd_move,
-            c.Replace: self._cmd_replace,
-        }
-        assert set(self._handlers) == set().union(*ALLOWED.values())
 
     # ---- public interface --------------------------------------------------------------------
 
@@ -662,7 +630,7 @@ class ImapSession:
                 )
             if self._state in (State.AUTHENTICATED, State.SELECTED) and type(cmd) is not c.Logout:
                 self._account()  # an administrator deleted the account meanwhile: BYE
-            result = await self._handlers[type(cmd)](cmd)
+            result = await getattr(self, _HANDLERS[type(cmd)])(cmd)
         except ImapResult as exc:
             self._flush_updates(expunge=_expunge_allowed(cmd))
             self._error(cmd.tag, exc)
@@ -1449,6 +1417,7 @@ class ImapSession:
     async def _cmd_select(self, cmd: c.Select) -> _Ok:
         """SELECT and EXAMINE (RFC 9051 §6.3.2, §6.3.3) with CONDSTORE and QRESYNC
         (RFC 7162 §3.1.8, §3.2.5)."""
+        previous = self._selected  # its listing stays cached while the new one is looked up
         if self._selected is not None:
             # A SELECT closes the mailbox selected before (no expunge), even if it fails.
             self._deselect()
@@ -1458,19 +1427,20 @@ class ImapSession:
         if cmd.condstore:
             self._enabled.add("CONDSTORE")
         mbox = self._mailbox(cmd.mailbox)
-        messages = self._store.list_messages(mbox.id)
-        recent, claim = self._recent_at_select(mbox, messages, cmd.readonly)
+        listing = self._listing(mbox)
+        del previous
+        recent, claim = self._recent_at_select(mbox, listing, cmd.readonly)
         view = View(
             mbox.id,
             mbox.uidvalidity,
-            messages,
-            mbox.highestmodseq,
+            listing,
+            listing.highestmodseq,
             condstore=self._condstore,
             qresync=self._qresync,
             recent=recent,
             claim=claim,
         )
-        keywords = sorted({k for m in messages for k in m.keywords} - set(STANDARD_KEYWORDS))
+        keywords = sorted(listing.all_keywords() - set(STANDARD_KEYWORDS))
         flags = " ".join([*SYSTEM_FLAGS, *STANDARD_KEYWORDS, *keywords])
         self._untagged(f"FLAGS ({flags})")
         self._untagged(f"{view.exists} EXISTS")
@@ -1491,9 +1461,7 @@ class ImapSession:
             self._untagged(self._list_line("LIST", mbox.name, self._mailbox_attrs(mbox)))
         if cmd.qresync is not None and cmd.qresync.uidvalidity == mbox.uidvalidity:
             self._qresync_select(cmd.qresync, view, mbox)
-        self._selected = _Selected(
-            mbox, cmd.readonly, view, [*STANDARD_KEYWORDS, *keywords], {m.uid: m for m in messages}
-        )
+        self._selected = _Selected(mbox, cmd.readonly, view, [*STANDARD_KEYWORDS, *keywords])
         self._state = State.SELECTED
         log.debug(
             "conn=%s event=select mailbox_id=%d readonly=%s messages=%d",
@@ -1505,8 +1473,19 @@ class ImapSession:
         code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
         return _Ok("EXAMINE completed" if cmd.readonly else "SELECT completed", code)
 
+    def _listing(self, mbox: Mailbox) -> Listing:
+        """The mailbox's messages as of now: shared with the other sessions that selected it
+        while it has not changed (`postfach.imap.listing`), else read afresh."""
+        cache = self._backend.listings
+        listing = cache.get(mbox.id, mbox.uidvalidity, mbox.highestmodseq)
+        if listing is None:
+            highestmodseq, rows = self._store.list_message_rows(mbox.id)
+            listing = Listing(mbox.id, mbox.uidvalidity, highestmodseq, rows)
+            cache.put(listing)
+        return listing
+
     def _recent_at_select(
-        self, mbox: Mailbox, messages: Sequence[MessageMeta], readonly: bool
+        self, mbox: Mailbox, listing: Listing, readonly: bool
     ) -> tuple[list[int], Callable[[int], bool] | None]:
         """The messages \\Recent in this session at SELECT, and how the view decides for new
         ones (RFC 3501 §2.3.2). SELECT claims them; EXAMINE shows what is unclaimed and claims
@@ -1516,7 +1495,8 @@ class ImapSession:
         claims = self._backend.recent
         key = (mbox.id, mbox.uidvalidity)
         claimed = claims.claimed(key)
-        recent = [m.uid for m in messages if m.uid > claimed]
+        uids = listing.uids
+        recent = list(uids[bisect.bisect_right(uids, claimed) :])
         if readonly:
             return recent, lambda uid: uid > claims.claimed(key)
         if recent:
@@ -1599,24 +1579,39 @@ class ImapSession:
     def _metas(self, sel: _Selected, uids: Sequence[int]) -> dict[int, MessageMeta]:
         """Metadata of these messages; missing ones were expunged meanwhile.
 
-        What never changes (size, dates, blob) is cached from SELECT on; messages the cache does
-        not know yet are read in one query; flags, keywords and MODSEQ come from the
-        view, which holds the latest state the store published.
+        What never changes (size, dates, blob) comes from the listing shared since SELECT
+        (`postfach.imap.listing`); messages added since are read in one query and kept in
+        ``sel.metas``; flags, keywords and MODSEQ come from the view, which holds the latest
+        state the store published.
         """
         cache, view = sel.metas, sel.view
-        missing = [u for u in uids if u not in cache]
-        if missing:
-            cache.update((m.uid, m) for m in self._store.get_messages(sel.mailbox.id, missing))
+        listing = view.listing
+        index, listed, n = listing.index, listing.uids, len(listing)
         out: dict[int, MessageMeta] = {}
+        missing: list[int] = []
+        i = -1
         for uid in uids:
-            meta = cache.get(uid)
-            if meta is None:
-                continue
-            flags, modseq = view.flags_of(uid), view.modseq_of(uid)
-            if flags is not None and modseq is not None and modseq > meta.modseq:
-                meta = dataclasses.replace(meta, flags=flags[0], keywords=flags[1], modseq=modseq)
-                cache[uid] = meta
-            out[uid] = meta
+            i += 1  # ascending UIDs: usually the next one in the listing
+            if i >= n or listed[i] != uid:
+                i = index(uid)
+            if i >= 0:
+                out[uid] = listing.meta(i)
+            elif uid in cache:
+                out[uid] = cache[uid]
+            else:
+                missing.append(uid)
+                i = -1 if not n or uid < listed[0] else n - 1
+        if missing:
+            for m in self._store.get_messages(sel.mailbox.id, missing):
+                cache[m.uid] = out[m.uid] = m
+            out = {u: out[u] for u in uids if u in out}  # ascending again
+        changed = view.changed_state
+        for uid, meta in out.items():
+            state = changed(uid)
+            if state is not None and state[2] > meta.modseq:
+                out[uid] = dataclasses.replace(
+                    meta, flags=state[0], keywords=state[1], modseq=state[2]
+                )
         return out
 
     def _structure(self, meta: MessageMeta, data: Callable[[], bytes]) -> Parsed:
@@ -1655,9 +1650,20 @@ class ImapSession:
                     sel.mailbox.id, unseen, "add", Flag.SEEN, ()
                 )
                 for changed in result.changed:
-                    metas[changed.uid] = sel.metas[changed.uid] = changed
+                    metas[changed.uid] = changed
                     seen_now.add(changed.uid)
         reported: list[MessageMeta] = []
+        # Items answered from metadata alone (FLAGS, UID, sizes, dates, ...): no per-message
+        # coroutine; the connection batches the writes, a drain every _FETCH_BATCH messages.
+        quick = meta_only(items)
+        plans = {
+            changed: fetch_plan(
+                items, uid=cmd.uid, flags_changed=changed, condstore=self._condstore
+            )
+            for changed in (False, True)
+        } if quick else {}  # fmt: skip
+        recent_uids = view.recent_uids
+        written = last = 0  # last: the sequence number answered before (a search hint)
         try:
             for uid in live:
                 meta = metas.get(uid)
@@ -1666,10 +1672,18 @@ class ImapSession:
                     continue
                 if cmd.changedsince is not None and meta.modseq <= cmd.changedsince:
                     continue
-                seq = view.seq_of(uid)
+                seq = view.seq_of(uid, hint=last)
                 if seq is None:
                     continue
-                if not await self._fetch_one(seq, meta, items, cmd.uid, uid in seen_now, sel):
+                last = seq
+                if quick:
+                    self._out.write(
+                        meta_response(seq, meta, plans[uid in seen_now], uid in recent_uids)
+                    )
+                    written += 1
+                    if written % _FETCH_BATCH == 0:
+                        await self._out.drain()
+                elif not await self._fetch_one(seq, meta, items, cmd.uid, uid in seen_now, sel):
                     issued = True
                     continue
                 if uid in seen_now:
@@ -1891,6 +1905,48 @@ class ImapSession:
             return search(key, messages, ctx)
         except UnknownSearchKey as exc:
             raise ImapBad(None, str(exc)) from None
+
+
+#: the handler of each command type (a method name: one table for all sessions)
+_HANDLERS: Final[dict[CommandType, str]] = {
+    c.Capability: "_cmd_capability",
+    c.Noop: "_cmd_noop",
+    c.Logout: "_cmd_logout",
+    c.Id: "_cmd_id",
+    c.StartTls: "_cmd_starttls",
+    c.Authenticate: "_cmd_authenticate",
+    c.Login: "_cmd_login",
+    c.Enable: "_cmd_enable",
+    c.Select: "_cmd_select",
+    c.Create: "_cmd_create",
+    c.Delete: "_cmd_delete",
+    c.Rename: "_cmd_rename",
+    c.Subscribe: "_cmd_subscribe",
+    c.Unsubscribe: "_cmd_unsubscribe",
+    c.List: "_cmd_list",
+    c.Lsub: "_cmd_lsub",
+    c.Namespace: "_cmd_namespace",
+    c.Status: "_cmd_status",
+    c.Append: "_cmd_append",
+    c.Idle: "_cmd_idle",
+    c.GetQuota: "_cmd_getquota",
+    c.GetQuotaRoot: "_cmd_getquotaroot",
+    c.SetQuota: "_cmd_setquota",
+    c.Check: "_cmd_check",
+    c.Close: "_cmd_close",
+    c.Unselect: "_cmd_unselect",
+    c.Expunge: "_cmd_expunge",
+    c.Search: "_cmd_search",
+    c.Fetch: "_cmd_fetch",
+    c.Store: "_cmd_store",
+    c.Copy: "_cmd_copy",
+    c.Move: "_cmd_move",
+    c.Replace: "_cmd_replace",
+}
+assert set(_HANDLERS) == set().union(*ALLOWED.values())
+
+
+_FETCH_BATCH: Final = 256  # meta-only FETCH responses written between two drains
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,11 +56,13 @@ O(r log n + result).
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
 from postfach.imap.commands import SequenceSet
 from postfach.imap.fetch import format_flags
+from postfach.imap.listing import Listing
 from postfach.imap.sequence import format_sequence_set, intersect_sorted, resolve
 from postfach.store.api import (
     Change,
@@ -158,13 +160,40 @@ class FlagState(Protocol):
 
 
 class View:
-    """The client's picture of one selected mailbox, and what it has not been told yet."""
+    """The client's picture of one selected mailbox, and what it has not been told yet.
+
+    Memory: the mailbox as listed at SELECT is a shared, immutable `Listing`; the view holds only
+    what differs from it: the states of messages changed or added since (``_state``), the UIDs
+    reported expunged (``_removed``), and its own copy of the UID array once that changes.
+    """
+
+    __slots__ = (
+        "_added",
+        "_base",
+        "_claim",
+        "_expunged",
+        "_force",
+        "_max_uid",
+        "_modseq",
+        "_queue",
+        "_removed",
+        "_snapshot_modseq",
+        "_state",
+        "_told",
+        "_uids",
+        "condstore",
+        "mailbox_id",
+        "qresync",
+        "recent_uids",
+        "saved",
+        "uidvalidity",
+    )
 
     def __init__(
         self,
         mailbox_id: int,
         uidvalidity: int,
-        messages: Iterable[MessageMeta],
+        messages: Listing | Iterable[MessageMeta],
         highestmodseq: int,
         *,
         condstore: bool = False,
@@ -172,7 +201,8 @@ class View:
         recent: Iterable[int] = (),
         claim: Callable[[int], bool] | None = None,
     ) -> None:
-        """``messages``: the mailbox as listed at SELECT (any order; sorted by UID here).
+        """``messages``: the mailbox as listed at SELECT: a `Listing` (shared, not copied) or
+        `MessageMeta` objects in any order.
 
         ``recent``: the UIDs recent in this session at SELECT; ``claim(uid)``: whether a new
         message is recent in this session (None: IMAP4rev2, no \\Recent at all).
@@ -184,11 +214,14 @@ class View:
         self.saved: list[int] = []  # RFC 5182 "$", as UIDs
         self.recent_uids: set[int] = set(recent)  # \\Recent in this session (RFC 3501)
         self._claim = claim
-        state: dict[int, _State] = {}
-        for m in messages:
-            state[m.uid] = (m.flags, tuple(m.keywords), m.modseq)
-        self._uids: list[int] = sorted(state)  # sequence number n is self._uids[n - 1]
-        self._state = state  # latest known store state of every message below
+        if not isinstance(messages, Listing):
+            messages = Listing.of_messages(mailbox_id, uidvalidity, highestmodseq, messages)
+        self._base = messages
+        # Sequence number n is self._uids[n - 1]; the listing's array until it changes.
+        self._uids: array[int] = messages.uids
+        # Latest known store state of messages that differ from (or are not in) the listing.
+        self._state: dict[int, _State] = {}
+        self._removed: set[int] = set()  # listed UIDs whose expunge was reported
         self._queue: list[Change] = []
         self._added: dict[int, None] = {}  # new UIDs not yet announced with EXISTS, ascending
         self._expunged: dict[int, int] = {}  # UID -> MODSEQ, expunged but not yet reported
@@ -197,6 +230,36 @@ class View:
         self._snapshot_modseq = highestmodseq
         self._modseq = highestmodseq  # highest MODSEQ applied
         self._max_uid = self._uids[-1] if self._uids else 0  # highest UID ever seen
+
+    # ---- state of one message: the overlay, else the listing ----------------------------------
+
+    @property
+    def listing(self) -> Listing:
+        """The shared listing this view started from (do not modify)."""
+        return self._base
+
+    def _get(self, uid: int) -> _State | None:
+        state = self._state.get(uid)
+        if state is not None:
+            return state
+        if uid in self._removed:
+            return None
+        i = self._base.index(uid)
+        return self._base.state(i) if i >= 0 else None
+
+    def changed_state(self, uid: int) -> tuple[Flag, tuple[str, ...], int] | None:
+        """(flags, keywords, modseq) of a message whose state is not the listing's (changed or
+        added since SELECT); None for one the listing still describes (or an unknown one)."""
+        return self._state.get(uid)
+
+    def _known(self, uid: int) -> bool:
+        return uid in self._state or (uid not in self._removed and self._base.index(uid) >= 0)
+
+    def _own_uids(self) -> array[int]:
+        """The UID array, copied from the listing before the first change (copy on write)."""
+        if self._uids is self._base.uids:
+            self._uids = array("I", self._uids)
+        return self._uids
 
     # ---- feeding changes ----------------------------------------------------------------------
 
@@ -226,7 +289,7 @@ class View:
 
     def _on_added(self, c: MessageAdded) -> None:
         new: _State = (c.flags, tuple(c.keywords), c.modseq)
-        if c.uid in self._state:
+        if self._known(c.uid):
             self._on_flags(c.uid, new)
         elif c.uid > self._max_uid:  # RFC 9051 §2.3.1.1: UIDs only grow
             self._max_uid = c.uid
@@ -240,7 +303,7 @@ class View:
     def _on_expunged(self, c: MessagesExpunged) -> None:
         self._modseq = max(self._modseq, c.modseq)
         for uid in c.uids:
-            if uid not in self._state or uid in self._expunged:
+            if uid in self._expunged or not self._known(uid):
                 continue
             if uid in self._added:  # never announced: the client need not hear of it
                 del self._added[uid]
@@ -252,7 +315,7 @@ class View:
             self._force.pop(uid, None)
 
     def _on_flags(self, uid: int, new: _State) -> None:
-        old = self._state.get(uid)
+        old = self._get(uid)
         if old is None or uid in self._expunged or new[2] < old[2]:
             return
         self._modseq = max(self._modseq, new[2])
@@ -281,9 +344,12 @@ class View:
         self._fold()
         for r in results:
             uid = r.uid
-            if uid not in self._state or uid in self._expunged or uid in self._added:
+            if uid in self._expunged or uid in self._added:
                 continue
-            belief = self._told.get(uid, self._state[uid])  # what the client knew before
+            current = self._get(uid)
+            if current is None:
+                continue
+            belief = self._told.get(uid, current)  # what the client knew before
             new: _State = (r.flags, tuple(r.keywords), r.modseq)
             self._on_flags(uid, new)
             if silent:
@@ -303,7 +369,7 @@ class View:
         \\Seen set by FETCH BODY[]: no further FETCH is needed for them."""
         self._fold()
         for s in states:
-            if s.uid in self._state and s.uid not in self._expunged and s.uid not in self._added:
+            if s.uid not in self._expunged and s.uid not in self._added and self._known(s.uid):
                 new: _State = (s.flags, tuple(s.keywords), s.modseq)
                 self._on_flags(s.uid, new)
                 self._told[s.uid] = new  # if the store moved on since, that still gets reported
@@ -322,7 +388,7 @@ class View:
         self._fold()
         out: set[str] = set()
         for uid in (*self._told, *self._force, *self._added):
-            state = self._state.get(uid)
+            state = self._get(uid)
             if state is not None:
                 out.update(state[1])
         return out
@@ -340,7 +406,7 @@ class View:
         if allow_expunge and self._expunged:
             out.extend(self._expunge_updates())
         if self._added:
-            self._uids.extend(sorted(self._added))
+            self._own_uids().extend(sorted(self._added))
             self._added.clear()
             out.append(b"* %d EXISTS\r\n" % len(self._uids))
             if self._claim is not None:  # RFC 3501 §7.3.2
@@ -351,7 +417,7 @@ class View:
         out: list[bytes] = []
         uids = sorted(self._told.keys() | self._force.keys())
         for uid in uids:
-            state = self._state.get(uid)
+            state = self._get(uid)
             if state is None or uid in self._expunged:
                 continue
             told = self._told.get(uid, state)
@@ -373,7 +439,7 @@ class View:
     def _expunge_updates(self) -> list[bytes]:
         gone = sorted(self._expunged)
         self._expunged.clear()
-        uids = self._uids
+        uids = self._own_uids()
         indexes = [bisect.bisect_left(uids, u) for u in gone]
         out: list[bytes]
         if self.qresync:  # RFC 7162 §3.2.10
@@ -385,9 +451,10 @@ class View:
                 del uids[i]
         else:
             drop = set(gone)
-            self._uids = [u for u in uids if u not in drop]
+            self._uids = array("I", [u for u in uids if u not in drop])
         for u in gone:
-            del self._state[u]
+            self._state.pop(u, None)
+            self._removed.add(u)
             self.recent_uids.discard(u)
         if self.saved:  # RFC 5182 §2.1: expunged messages leave the saved result
             drop_saved = set(gone)
@@ -414,7 +481,7 @@ class View:
         pending = [*self._expunged.values()]
         pending += [self._state[u][2] for u in self._added]
         for uid in self._told.keys() | self._force.keys():
-            state = self._state.get(uid)
+            state = self._get(uid)
             if state is not None and (state != self._told.get(uid) or uid in self._force):
                 pending.append(state[2])
         if pending:
@@ -434,16 +501,25 @@ class View:
     @property
     def unseen_first(self) -> int | None:
         """Sequence number of the first message without \\Seen (RFC 3501 §7.1 UNSEEN)."""
+        if self._uids is self._base.uids and not self._state:  # nothing changed: scan the array
+            for seq, bits in enumerate(self._base.flags, 1):
+                if not bits & Flag.SEEN:
+                    return seq
+            return None
         for seq, uid in enumerate(self._uids, 1):
-            if not self._state[uid][0] & Flag.SEEN:
+            state = self._get(uid)
+            if state is not None and not state[0] & Flag.SEEN:
                 return seq
         return None
 
     def _seq_index(self, uid: int) -> int:
         return bisect.bisect_left(self._uids, uid)
 
-    def seq_of(self, uid: int) -> int | None:
-        """The sequence number of ``uid``, or None if the client does not know that UID."""
+    def seq_of(self, uid: int, hint: int | None = None) -> int | None:
+        """The sequence number of ``uid``, or None if the client does not know that UID.
+        ``hint``: the sequence number of the UID before it, when walking up (saves a search)."""
+        if hint is not None and 0 <= hint < len(self._uids) and self._uids[hint] == uid:
+            return hint + 1
         i = bisect.bisect_left(self._uids, uid)
         return i + 1 if i < len(self._uids) and self._uids[i] == uid else None
 
@@ -459,11 +535,11 @@ class View:
 
     def flags_of(self, uid: int) -> tuple[Flag, tuple[str, ...]] | None:
         """The latest flags and keywords of a known message (None if unknown)."""
-        state = self._state.get(uid)
+        state = self._get(uid)
         return None if state is None else (state[0], state[1])
 
     def modseq_of(self, uid: int) -> int | None:
-        state = self._state.get(uid)
+        state = self._get(uid)
         return None if state is None else state[2]
 
     def uids_for(self, seqset: SequenceSet, uid: bool) -> list[int]:

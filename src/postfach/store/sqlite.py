@@ -1084,6 +1084,25 @@ class SqliteMailstore:
         )
         return [self._message(r) for r in rows]
 
+    def list_message_rows(self, mailbox_id: int) -> tuple[int, list[tuple[Any, ...]]]:
+        """The mailbox's HIGHESTMODSEQ and its message rows (columns of ``_MESSAGE_COLS``,
+        flags as int, keywords as stored), read in one transaction so the rows are exactly the
+        mailbox at that MODSEQ. Raw rows, so that IMAP SELECT can pack them into arrays
+        (`postfach.imap.listing`) without a `MessageMeta` per message."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute(
+                "SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT {self._MESSAGE_COLS} FROM messages WHERE mailbox_id=? ORDER BY uid",
+                (mailbox_id,),
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return (int(row[0]) if row else 0), rows
+
     def deliver(
         self,
         account_ids: Sequence[int],

@@ -1,0 +1,248 @@
+"""postfach IMAP: server CPU per operation and memory per idle connection (postfach only).
+
+``.venv/bin/python benchmarks/imap_cpu.py`` (``--help`` for the knobs). Meant for before/after
+comparisons on a shared machine: every figure is the CPU time the ``postfach serve`` process used
+(utime + stime from /proc, all threads) divided by the operations one sequential client ran,
+not a wall-clock rate, so other jobs on the machine change it little. Memory is the serve
+process' VmRSS before and after opening ``--idle`` connections (LOGIN, SELECT INBOX, IDLE).
+
+Mailboxes: ``--accounts`` accounts with ``--messages`` messages each (unique messages, as in
+``imap.py``), and one account with a ``--big``-message INBOX made of the 200 test messages
+repeated (the store keeps one blob per distinct message; SELECT and FETCH FLAGS do not read
+blobs, so repetition does not change what they cost). Everything is on 127.0.0.1 in a
+temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import DOMAIN  # noqa: E402
+from imap import (  # noqa: E402
+    SMALL,
+    Client,
+    PostfachImap,
+    fill_postfach,
+    load_templates,
+    make_message,
+    memory,
+    open_idle,
+    say,
+    throughput_accounts,
+    wait_imap,
+)
+
+BIG = f"big@{DOMAIN}"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def fill_big(data_dir: Path, n: int, templates: list[bytes]) -> float:
+    from postfach.mime.stored import parse_for_storage
+    from postfach.store.api import Flag
+    from postfach.store.sqlite import AppendItem, SqliteMailstore
+
+    t0 = time.perf_counter()
+    store = SqliteMailstore(data_dir, index_text=False)
+    try:
+        acc = store.get_account(BIG)
+        assert acc is not None
+        mbox = store.get_mailbox(acc.id, "INBOX")
+        assert mbox is not None
+        now = int(time.time())
+        staged = [
+            (m, parse_for_storage(m))
+            for m in (make_message(templates, "big", i) for i in range(len(templates)))
+        ]
+        batch = []
+        for i in range(n):
+            data, structure = staged[i % len(staged)]
+            flags = Flag.SEEN if i % 3 else Flag(0)  # a third unseen
+            batch.append(AppendItem(store.stage(data, structure), flags, (), now))
+            if len(batch) == 1000:
+                store.append(mbox.id, batch)
+                batch = []
+        if batch:
+            store.append(mbox.id, batch)
+        while store.index_pending(500):
+            pass
+    finally:
+        store.close()
+    return time.perf_counter() - t0
+
+
+async def measure(pid: int, reps: int, op: Callable[[int], Awaitable[object]]) -> dict[str, float]:
+    await op(-1)  # warm
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    for i in range(reps):
+        await op(i)
+    c1, t1 = cpu_seconds(pid), time.perf_counter()
+    return {"reps": reps, "cpu_ms": (c1 - c0) * 1000 / reps, "wall_ms": (t1 - t0) * 1000 / reps}
+
+
+async def ops_round(
+    port: int, pid: int, account: str, messages: int, reps: int
+) -> dict[str, object]:
+    c = Client()
+    c.tolerate_no = True
+    await c.login(port, account)
+    out: dict[str, object] = {}
+
+    async def select(_i: int) -> None:
+        await c.cmd("SELECT INBOX")
+
+    async def fetch_flags(_i: int) -> None:
+        await c.cmd("FETCH 1:* (FLAGS)")
+
+    async def fetch_sync(_i: int) -> None:
+        await c.cmd("FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)")
+
+    async def fetch_body(i: int) -> None:
+        await c.cmd(f"FETCH {i % messages + 1 if i >= 0 else 1} BODY.PEEK[]")
+
+    async def store_flags(i: int) -> None:
+        await c.cmd(f"STORE {i % messages + 1 if i >= 0 else 1} {'+-'[i % 2]}FLAGS (\\Seen)")
+
+    async def search_unseen(_i: int) -> None:
+        await c.cmd("SEARCH UNSEEN")
+
+    async def noop(_i: int) -> None:
+        await c.cmd("NOOP")
+
+    async def append_expunge(_i: int) -> None:
+        st, _u = await c.cmd("APPEND INBOX", SMALL)
+        uid = int(st.split(b"APPENDUID ")[1].split()[1].rstrip(b"]"))
+        await c.cmd(f"UID STORE {uid} +FLAGS.SILENT (\\Deleted)")
+        await c.cmd(f"UID EXPUNGE {uid}")
+
+    table: list[tuple[str, Callable[[int], Awaitable[object]], int]] = [
+        ("SELECT INBOX", select, reps),
+        ("FETCH 1:* (FLAGS)", fetch_flags, reps),
+        ("FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)", fetch_sync, reps),
+        ("FETCH n BODY.PEEK[]", fetch_body, reps * 4),
+        ("STORE n +/-FLAGS (\\Seen)", store_flags, reps * 4),
+        ("SEARCH UNSEEN", search_unseen, reps),
+        ("APPEND + STORE + UID EXPUNGE", append_expunge, reps),
+        ("NOOP", noop, reps * 10),
+    ]
+    for name, fn, n in table:
+        out[name] = await measure(pid, n, fn)
+        say(f"  {name}: {out[name]}")
+    c.close()
+    return out
+
+
+async def big_round(port: int, pid: int, reps: int) -> dict[str, object]:
+    c = Client()
+    await c.login(port, BIG, None)
+    out: dict[str, object] = {}
+
+    async def select(_i: int) -> None:
+        await c.cmd("SELECT INBOX")
+
+    async def fetch_flags(_i: int) -> None:
+        await c.cmd("FETCH 1:* (FLAGS)")
+
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    await c.cmd("SELECT INBOX")
+    out["first SELECT"] = {
+        "cpu_ms": (cpu_seconds(pid) - c0) * 1000,
+        "wall_ms": (time.perf_counter() - t0) * 1000,
+    }
+    out["SELECT INBOX"] = await measure(pid, reps, select)
+    out["FETCH 1:* (FLAGS)"] = await measure(pid, reps, fetch_flags)
+    c.close()
+    for k, v in out.items():
+        say(f"  big {k}: {v}")
+    return out
+
+
+async def idle_round(port: int, pid: int, accounts: list[str], n: int) -> dict[str, float]:
+    await asyncio.sleep(1)
+    before = memory([pid])[0]
+    clients, failed = await open_idle(port, accounts, n)
+    await asyncio.sleep(3)
+    after = memory([pid])[0]
+    for cl in clients:
+        cl.close()
+    ok = n - failed
+    return {
+        "connections": ok,
+        "failed": failed,
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "rss_per_conn_kb": (after - before) / max(1, ok),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--accounts", type=int, default=10)
+    ap.add_argument("--messages", type=int, default=500)
+    ap.add_argument("--big", type=int, default=100_000)
+    ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--skip", default="", help="comma list of: ops,idle,big")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    templates = load_templates()
+    accounts = throughput_accounts(args.accounts)
+    root = Path(tempfile.mkdtemp(prefix="imapcpu-"))
+    results: dict[str, object] = {"args": vars(args) | {"json": str(args.json)}}
+    results["loadavg_start"] = os.getloadavg()
+    pf = PostfachImap(root / "postfach", [*accounts, BIG])
+    try:
+        pf.setup()
+        plan = {
+            a: (lambda a=a: (make_message(templates, a, i) for i in range(args.messages)))
+            for a in accounts
+        }
+        results["fill"] = fill_postfach(pf.data_dir, plan)
+        if "big" not in skip:
+            results["fill_big_s"] = fill_big(pf.data_dir, args.big, templates)
+        say(f"filled: {results.get('fill')} big {results.get('fill_big_s')}")
+        pf.start()
+        wait_imap(pf.imap_port, 60, "postfach")
+        assert pf.child is not None
+        pid = pf.child.pid
+        time.sleep(2)
+        if "idle" not in skip:
+            results["idle"] = asyncio.run(idle_round(pf.imap_port, pid, accounts, args.idle))
+            say(f"idle: {results['idle']}")
+        if "ops" not in skip:
+            results["ops"] = asyncio.run(
+                ops_round(pf.imap_port, pid, accounts[0], args.messages, args.reps)
+            )
+        if "big" not in skip:
+            results["big"] = asyncio.run(big_round(pf.imap_port, pid, max(2, args.reps // 10)))
+    finally:
+        results["loadavg_end"] = os.getloadavg()
+        pf.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(results, indent=1, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
