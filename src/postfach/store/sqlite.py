@@ -1059,6 +1059,19 @@ class SqliteMailstore:
         )
         return [self._message(r) for r in rows]
 
+    def list_message_blobs(self, mailbox_id: int) -> list[tuple[int, int, str]]:
+        """(uid, size, blob) of each message in UID order: what a POP3 login snapshots, without
+        building a `MessageMeta` (flags, keywords, dates) per message."""
+        rows: list[tuple[int, int, str]] = (
+            self._reader()
+            .execute(
+                "SELECT uid, size, blob FROM messages WHERE mailbox_id=? ORDER BY uid",
+                (mailbox_id,),
+            )
+            .fetchall()
+        )
+        return rows
+
     def deliver(
         self,
         account_ids: Sequence[int],
