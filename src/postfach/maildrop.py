@@ -38,11 +38,11 @@ class StoreMaildrop:
         self._hub = hub
         self._account_id = account_id
         self._mailbox_id = mailbox_id
-        messages = store.list_messages(mailbox_id)
-        self._uids = [m.uid for m in messages]
-        self._blobs = [m.blob for m in messages]
+        rows = store.list_message_blobs(mailbox_id)
+        self._uids = [uid for uid, _size, _blob in rows]
+        self._blobs = [blob for _uid, _size, blob in rows]
         self.entries: Sequence[MaildropEntry] = [
-            MaildropEntry(uidl(uidvalidity, m.uid), m.size) for m in messages
+            MaildropEntry(uidl(uidvalidity, uid), size) for uid, size, _blob in rows
         ]
         self._released = False
 

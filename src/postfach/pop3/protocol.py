@@ -226,7 +226,9 @@ def _stuffed_parts(data: bytes) -> list[bytes]:
     if data.startswith(b"."):
         parts.append(b".")
     # A line starts after every LF (bare LFs included, so a client splitting on LF is safe too).
-    parts.append(data.replace(b"\n.", b"\n.."))
+    # Most messages have no line starting with a dot: look first, with rfind (CPython's reverse
+    # search scans about twice as fast as find/replace/count do for this two-byte needle).
+    parts.append(data.replace(b"\n.", b"\n..") if data.rfind(b"\n.") >= 0 else data)
     if not data.endswith(b"\r\n"):
         if data.endswith(b"\n"):  # bare LF at the very end: make it a CRLF
             parts[-1] = parts[-1][:-1]

@@ -41,12 +41,12 @@ class _Connection(StreamConnection):
         super().__init__(server)
         self._server = server
 
-    def _write(self, chunks: tuple[bytes, ...]) -> None:
+    def _write(self, chunks: Sequence[bytes]) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionResetError("connection closed")
         if sum(len(c) for c in chunks) <= _JOIN_MAX:
-            # One write, one send(): a RETR of a typical message leaves in one go rather than
-            # as status line, body and terminator in three segments.
+            # One write, one send(): a RETR of a typical message (or the replies to several
+            # pipelined commands) leaves in one go rather than as one segment per chunk.
             self._transport.write(b"".join(chunks))
             return
         for chunk in chunks:
@@ -115,19 +115,34 @@ class _Connection(StreamConnection):
                     reason = "disconnect"
                     break
                 session.receive_data(data)
+                # Replies to the commands that arrived together (pipelining) are collected and
+                # written together, up to _JOIN_MAX octets at a time: one send() for them all.
+                out: list[bytes] = []
+                pending = 0
                 while (reply := await session.next_reply()) is not None:
-                    self._write(reply.chunks)
+                    out += reply.chunks
                     if reply.start_tls:
+                        self._write(out)
+                        out = []
                         await self._start_tls(session)
                         break
-                    if self._needs_drain():
-                        async with asyncio.timeout(settings.autologout):
-                            await self._drain()
+                    pending += sum(len(c) for c in reply.chunks)
+                    if pending >= _JOIN_MAX or self._write_paused:
+                        self._write(out)
+                        out, pending = [], 0
+                        if self._needs_drain():
+                            async with asyncio.timeout(settings.autologout):
+                                await self._drain()
+                if out:
+                    self._write(out)
                 if session.closing:
                     reason = "closed"
                     break
-                async with asyncio.timeout(settings.autologout):
-                    await self._drain()
+                if self._write_paused:
+                    async with asyncio.timeout(settings.autologout):
+                        await self._drain()
+                elif self._lost.done():
+                    raise ConnectionResetError("connection lost")
         except ServerStopping:
             reason = "shutdown"
             with contextlib.suppress(ConnectionError):

@@ -190,6 +190,26 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         error TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 8: blobs becomes a rowid table (sha256 stays the primary key, now in an index of its own).
+    # In a WITHOUT ROWID table the whole row is the b-tree key, and SQLite compares a searched
+    # key with a row that overflows its page (any message over about 1 KB) by first copying the
+    # entire row out of its overflow pages: a dozen copies of messages per lookup. For 20 KB
+    # messages this took read_blob from about 34 to 11 us of CPU (and speeds up every lookup
+    # by hash at delivery). Run with foreign keys off (messages.blob refers to blobs), checked
+    # with foreign_key_check before the commit.
+    """
+    CREATE TABLE blobs_new (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL,
+        data BLOB,
+        structure TEXT
+    );
+    INSERT INTO blobs_new(sha256, size, refs, data, structure)
+        SELECT sha256, size, refs, data, structure FROM blobs;
+    DROP TABLE blobs;
+    ALTER TABLE blobs_new RENAME TO blobs;
+    """,
 )
 
 
@@ -354,16 +374,28 @@ class SqliteMailstore:
                 f"database schema version {version} is newer than this postfach "
                 f"(knows {len(MIGRATIONS)}); upgrade postfach"
             )
-        for i in range(version, len(MIGRATIONS)):
-            # executescript runs the whole step, version bump included, as one transaction.
-            try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;"
-                )
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        if version == len(MIGRATIONS):
+            return
+        # Foreign keys off while migrating, so that a step may rebuild a table others refer to
+        # (the procedure of SQLite's ALTER TABLE documentation); each step is checked instead.
+        conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            for i in range(version, len(MIGRATIONS)):
+                # One transaction per step, version bump included.
+                try:
+                    conn.executescript(
+                        f"BEGIN IMMEDIATE; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1};"
+                    )
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchmany(5)
+                    if broken:
+                        raise StoreError(f"schema migration {i + 1} broke references: {broken}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        finally:
+            conn.execute("PRAGMA foreign_keys=ON")
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -1102,6 +1134,19 @@ class SqliteMailstore:
         finally:
             conn.execute("COMMIT")
         return (int(row[0]) if row else 0), rows
+
+    def list_message_blobs(self, mailbox_id: int) -> list[tuple[int, int, str]]:
+        """(uid, size, blob) of each message in UID order: what a POP3 login snapshots, without
+        building a `MessageMeta` (flags, keywords, dates) per message."""
+        rows: list[tuple[int, int, str]] = (
+            self._reader()
+            .execute(
+                "SELECT uid, size, blob FROM messages WHERE mailbox_id=? ORDER BY uid",
+                (mailbox_id,),
+            )
+            .fetchall()
+        )
+        return rows
 
     def deliver(
         self,
