@@ -79,8 +79,8 @@ class ErrorLog(logging.Handler):
         return out
 
 
-def _unthrottled(lookup: Any) -> Authenticator:
-    return Authenticator(lookup, throttle=LoginThrottle(base=0.0, ceiling=0.0))
+def _unthrottled(lookup: Any, _throttle: Any = None, **options: Any) -> Authenticator:
+    return Authenticator(lookup, throttle=LoginThrottle(base=0.0, ceiling=0.0), **options)
 
 
 @contextmanager
