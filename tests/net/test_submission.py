@@ -209,6 +209,15 @@ def test_unknown_local_recipient(users: RunningServer) -> None:
         assert (code, text[:5]) == (550, b"5.1.1")
 
 
+def test_bare_postmaster_is_delivered_locally(users: RunningServer) -> None:
+    # RFC 5321 §4.5.1 on submission too: <postmaster> is the server's postmaster (here the
+    # primary domain's postmaster route, bob), never a queued remote address.
+    users.store.add_alias("postmaster@example.org", BOB)
+    with login(users) as s:
+        assert s.sendmail(ALICE, ["Postmaster"], msg(to="postmaster")) == {}
+    assert len(mailbox(users, BOB)) == 1
+
+
 def test_dsn_parameters(users: RunningServer) -> None:
     with login(users) as s:
         assert s.mail(ALICE, ["RET=FULL", "ENVID=abc"])[0] == 250

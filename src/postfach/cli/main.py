@@ -216,7 +216,14 @@ def domain_add(obj: _Ctx, name: str) -> None:
     if ("." not in name and name.lower() != "localhost") or "@" in name or " " in name:
         fail(f"not a domain name: {name!r}")
     obj.store().add_domain(name)
-    console.print(f"added domain {name.lower()}")
+    name = name.lower()
+    console.print(f"added domain {name}")
+    # RFC 5321 §4.5.1: postmaster@ every domain must be accepted; without a route of its own
+    # it reaches the server's postmaster (docs/conformance.md, "postmaster").
+    console.print(
+        f"mail to postmaster@{name} goes to the server's postmaster; to choose: "
+        f"postfach alias add postmaster@{name} ADDRESS"
+    )
 
 
 @domain.command("list")

@@ -638,6 +638,20 @@ class SqliteMailstore:
         row = self._reader().execute("SELECT 1 FROM domains WHERE name=?", (name.lower(),))
         return row.fetchone() is not None
 
+    def domains_by_age(self) -> list[str]:
+        """The local domains in the order they were added."""
+        rows = self._reader().execute("SELECT name FROM domains ORDER BY created, rowid")
+        return [str(r[0]) for r in rows.fetchall()]
+
+    def oldest_account(self, domain: str) -> str | None:
+        """The name of the domain's account with the lowest id (the first one added)."""
+        row = (
+            self._reader()
+            .execute("SELECT name FROM accounts WHERE domain=? ORDER BY id LIMIT 1", (domain,))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
     def delete_domain(self, name: str) -> None:
         self._write(self._op_delete_domain, name.lower())
 
