@@ -4,9 +4,11 @@ local routing with quota, DSN parameters, Sent copies, and an open-relay battery
 from __future__ import annotations
 
 import email
+import logging
 import smtplib
 import ssl
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +123,30 @@ def test_implicit_tls_submissions(users: RunningServer) -> None:
         s.login(ALICE, PASSWORD)
         assert s.sendmail(ALICE, [BOB], msg()) == {}
     assert len(mailbox(users, BOB)) == 1
+
+
+def test_auth_sessions_log_no_aiosmtpd_warnings(
+    users: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every connection used to log "auth_required == True but auth_require_tls == False"
+    # (implicit TLS, plaintext on loopback) and every AUTH to warn "Session.login_data is
+    # deprecated": our TLS policy and sessions now tell aiosmtpd what they mean.
+    ctx = ssl.create_default_context(cafile=str(users.app.config.cert_path))
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with smtplib.SMTP_SSL("localhost", users.port("submissions"), context=ctx) as s:
+            s.login(ALICE, PASSWORD)
+            assert s.sendmail(ALICE, [BOB], msg()) == {}
+        with smtplib.SMTP("localhost", users.port("submission")) as s:
+            s.starttls(context=ctx)
+            s.login(ALICE, PASSWORD)
+            assert s.sendmail(ALICE, [BOB], msg()) == {}
+        with login(users) as s:  # plaintext on loopback, allowed by default
+            assert s.sendmail(ALICE, [BOB], msg()) == {}
+    assert len(mailbox(users, BOB)) == 3
+    assert [str(w.message) for w in caught if "aiosmtpd" in w.filename] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_envelope_sender_must_be_the_account(users: RunningServer) -> None:
