@@ -245,6 +245,7 @@ class StreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._stopping = False
+        self._interrupted = False
         self._slot: Slot | None = None
         self._data_at = 0.0  # when bytes last arrived
         self._command_started: float | None = None
@@ -341,6 +342,11 @@ class StreamConnection(asyncio.Protocol):
         """The server is stopping: the next ``_read`` raises `ServerStopping` (a command being
         processed is not interrupted)."""
         self._stopping = True
+        self._wake_reader()
+
+    def interrupt_read(self) -> None:
+        """The session ends by itself: ``_read`` returns now, with what it has (maybe b"")."""
+        self._interrupted = True
         self._wake_reader()
 
     def abort(self) -> None:
@@ -448,7 +454,7 @@ class StreamConnection(asyncio.Protocol):
         Raises `ServerStopping` once `shutdown` was called."""
         if self._stopping:
             raise ServerStopping
-        while not self._inbuf and not self._eof and not self._lost.done():
+        while not (self._inbuf or self._eof or self._lost.done() or self._interrupted):
             self._data_waiter = self._loop.create_future()
             try:
                 await self._data_waiter

@@ -47,6 +47,7 @@ class Out:
     def __init__(self) -> None:
         self.data = bytearray()
         self.tls_started = 0
+        self.ended = False
 
     def write(self, data: bytes) -> None:
         self.data += data
@@ -56,6 +57,9 @@ class Out:
 
     async def start_tls(self) -> None:
         self.tls_started += 1
+
+    def end(self) -> None:
+        self.ended = True
 
     def take(self) -> bytes:
         out = bytes(self.data)

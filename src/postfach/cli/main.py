@@ -22,6 +22,7 @@ from rich.table import Table
 from postfach import __version__
 from postfach.auth.passwords import hash_password
 from postfach.config import Config, ConfigError, default_data_dir, load_config
+from postfach.control import wake_server
 from postfach.datadir import StartupError, open_store
 from postfach.errors import StoreError
 from postfach.quota import format_size, parse_size
@@ -303,6 +304,7 @@ def user_del(obj: _Ctx, address: str, yes: bool) -> None:
         click.confirm(f"Delete {acc.name} and its {acc.used_messages} messages?", abort=True)
     store.delete_account(address)
     console.print(f"deleted {acc.name}")
+    wake_server(obj.data_dir)  # a running server ends the account's sessions now
 
 
 @user.command("set")

@@ -44,6 +44,7 @@ from postfach.store.api import (
     DEFAULT_MAILBOXES,
     INBOX,
     Account,
+    AccountDeleted,
     Alias,
     Change,
     CheckReport,
@@ -873,6 +874,7 @@ class SqliteMailstore:
         conn.execute("DELETE FROM aliases WHERE target=?", (name,))
         conn.execute("DELETE FROM accounts WHERE id=?", (account_id,))
         batch.changes.append(MailboxesChanged(account_id))
+        batch.changes.append(AccountDeleted(account_id))
 
     # ---- aliases ------------------------------------------------------------------------------
 
