@@ -7,12 +7,13 @@ header/body separator, bare CR/LF mixes, no final line end) plus all of ``tortur
 
 Each message goes in by SMTP, or by IMAP APPEND where SMTP rightly refuses it (a line over 1000
 octets: then SMTP's refusal is checked too) or where exact octets are the point. Then, for every
-message: IMAP ``BODY[]`` (byte-exact: what APPEND sent, or our two trace fields + the
-CRLF-normalised message for SMTP; a NUL is sent as 0x80, RFC 9051 §4.3), ``BODYSTRUCTURE``, ``ENVELOPE``, ``BODY[1]``, ``BINARY[1]``
-(OK, or NO for an encoding it cannot decode), ``BODY[HEADER]`` (a prefix of ``BODY[]``),
-``SEARCH TEXT``; POP3 ``RETR`` (byte-exact, the same octets as ``BODY[]`` but NUL) and ``TOP``. A second
-IMAP client, logged in from the start, must get its NOOP answered after every message, the
-server must still accept new mail at the end, and its log must hold no traceback.
+message: IMAP ``BODY[]`` (byte-exact: what APPEND sent, or our two trace fields + the CRLF-
+normalised message for SMTP; a NUL is sent as 0x80, RFC 9051 §4.3), ``BODYSTRUCTURE``,
+``ENVELOPE``, ``BODY[1]``, ``BINARY[1]`` (OK, or NO for an encoding it cannot decode),
+``BODY[HEADER]`` (a prefix of ``BODY[]``), ``SEARCH TEXT``; POP3 ``RETR`` (byte-exact, the same
+octets as ``BODY[]`` but NUL) and ``TOP``. A second IMAP client, logged in from the start, must
+get its NOOP answered after every message, the server must still accept new mail at the end, and
+its log must hold no traceback.
 """
 
 from __future__ import annotations
