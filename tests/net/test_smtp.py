@@ -139,6 +139,27 @@ def test_postmaster_without_accounts_is_unknown(server: RunningServer) -> None:
     assert rcpt_replies(server, "smtp", ["postmaster"]) == [(550, b"5.1.1")]
 
 
+def test_enhanced_codes_before_ehlo_and_after_helo(server: RunningServer) -> None:
+    # RFC 2034 §3: enhanced codes are promised once EHLO has advertised them. Before EHLO
+    # aiosmtpd's replies carry none; after HELO our own (MAIL, RCPT, DATA) carry them as after
+    # EHLO (as Postfix does: a code in the text harms no client), aiosmtpd's own do not.
+    server.add_user("alice@example.org")
+    with smtplib.SMTP("127.0.0.1", server.port("smtp")) as s:
+        assert s.docmd("MAIL", "FROM:<a@remote.example>") == (503, b"Error: send HELO first")
+        assert s.docmd("FOO")[1].startswith(b"Error: command")
+        assert s.helo("client.example")[0] == 250
+        assert not s.does_esmtp
+        assert s.mail("a@remote.example") == (250, b"2.1.0 Sender OK")
+        assert s.rcpt("nobody@example.org")[1].startswith(b"5.1.1 ")
+        assert s.rcpt("x@elsewhere.example")[1].startswith(b"5.7.1 ")
+        assert s.rcpt("alice@example.org") == (250, b"2.1.5 Recipient OK")
+        assert s.data(message("helo")) == (250, b"2.0.0 OK")
+        assert s.docmd("FOO")[1].startswith(b"Error: command")
+        assert s.docmd("NOOP") == (250, b"OK")
+    [stored] = inbox_bytes(server, "alice@example.org")
+    assert b"(postfach) with SMTP id " in stored  # RFC 3848: HELO is plain SMTP
+
+
 def test_full_mailbox_refused_at_rcpt_and_at_data(server: RunningServer) -> None:
     server.add_user("alice@example.org", quota=3000)
     server.add_user("bob@example.org")
