@@ -352,7 +352,7 @@ class App:
         which ``postfach queue flush``/``retry`` wake the runner at once (control.py)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        loop.add_signal_handler(WAKE_SIGNAL, runner.wake)  # before the pid is published
+        loop.add_signal_handler(WAKE_SIGNAL, self._woken, runner)  # before the pid is published
         pidfile = PidFile(self.config.data_dir)
         try:
             if pidfile.acquire():
@@ -362,6 +362,13 @@ class App:
         except OSError as exc:
             why = exc.strerror or str(exc)
         log.warning("event=pidfile_unavailable path=%s reason=%r", pidfile.path, why)
+
+    def _woken(self, runner: QueueRunner) -> None:
+        """SIGUSR1 from the CLI: due queue work, or an account deleted (its sessions end)."""
+        runner.wake()
+        store = self.store
+        if store is not None:
+            self.hub.recheck_accounts(lambda i: store.get_account_by_id(i) is not None)
 
     async def stop(self) -> None:
         """Graceful stop (SIGTERM): stop accepting; commands being processed finish and are

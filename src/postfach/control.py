@@ -1,12 +1,13 @@
 """The running server's pid file, and waking its queue runner from the CLI (adapters).
 
 ``postfach serve`` holds ``<data>/postfach.pid`` open with an exclusive ``flock`` for as long as
-it runs, and SIGUSR1 makes it look for due queue work at once (``postfach queue flush`` and
-``retry`` send it after marking the messages due). The lock, not the pid, tells whether a
-server is running: a kill -9 leaves the file behind, but the kernel drops the lock with the
-process, so a stale file (or a pid the system has since given to another process) is never
-signalled. SIGUSR1 is the signal because its default action would kill the process: it is only
-ever sent to a process that holds the lock, i.e. one that installed the handler first.
+it runs, and SIGUSR1 makes it look for due queue work and for deleted accounts at once
+(``postfach queue flush`` and ``retry`` send it after marking the messages due, ``postfach user
+del`` after deleting an account, whose IMAP sessions then end). The lock, not the pid, tells
+whether a server is running: a kill -9 leaves the file behind, but the kernel drops the lock
+with the process, so a stale file (or a pid the system has since given to another process) is
+never signalled. SIGUSR1 is the signal because its default action would kill the process: it is
+only ever sent to a process that holds the lock, i.e. one that installed the handler first.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def running_server(data_dir: Path) -> int | None:
 
 
 def wake_server(data_dir: Path) -> int | None:
-    """Send the running server SIGUSR1 (look at the queue now); its pid, or None."""
+    """Send the running server SIGUSR1 (look at the queue and the accounts now); its pid, or
+    None."""
     pid = running_server(data_dir)
     if pid is None:
         return None

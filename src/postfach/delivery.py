@@ -60,6 +60,11 @@ def validate_address(address: str) -> tuple[str, str]:
     return local, domain.lower().rstrip(".")
 
 
+def is_bare_postmaster(address: str) -> bool:
+    """``RCPT TO:<Postmaster>`` without a domain (RFC 5321 §4.5.1), in any case."""
+    return address.lower() == "postmaster"
+
+
 def has_smuggling(data: bytes) -> bool:
     # Every pattern needs a bare CR or LF; clean CRLF data (nearly all mail) is ruled out by
     # counting in C instead of running the regex over the whole message.
@@ -98,10 +103,15 @@ class DeliveryTxn:
         s = self.service
         if len(self.recipients) >= s.settings.max_recipients:
             raise SmtpError(452, "4.5.3", "Too many recipients")
-        _local, domain = validate_address(address)
-        if not s.store.is_local_domain(domain):
-            raise SmtpError(554, "5.7.1", f"Relay access denied for <{address}>")
-        names = s.store.resolve(address)
+        if is_bare_postmaster(address):
+            names = s.postmaster(None)
+        else:
+            local, domain = validate_address(address)
+            if not s.store.is_local_domain(domain):
+                raise SmtpError(554, "5.7.1", f"Relay access denied for <{address}>")
+            names = s.store.resolve(address)
+            if not names and local.lower() == "postmaster":
+                names = s.postmaster(domain)
         if not names:
             raise SmtpError(550, "5.1.1", f"No such user here: <{address}>")
         accounts: list[Account] = []
@@ -216,6 +226,26 @@ class LocalDelivery:
         self._structure = structure
         # Where DSNs for remote senders go (the outbound queue); set by the composition root.
         self.remote_bounce: Callable[[str, bytes], Awaitable[object]] | None = None
+
+    def postmaster(self, domain: str | None) -> list[str] | None:
+        """The accounts that get mail for ``postmaster@domain`` (bare ``postmaster``: None)
+        when that address has no route of its own (RFC 5321 §4.5.1: every SMTP server must
+        accept it): the server's postmaster. That is the first of the server's hostname (when
+        it is a local domain) and then the local domains in the order they were added that
+        has a postmaster route (account, alias or catch-all) or else an account: its oldest
+        account. Only delivery follows this; sending as postmaster needs a real route."""
+        store = self.store
+        host = self.settings.hostname.lower().rstrip(".")
+        candidates = [host] if store.is_local_domain(host) else []
+        candidates += [d for d in store.domains_by_age() if d != host]
+        for candidate in candidates:
+            names = None if candidate == domain else store.resolve(f"postmaster@{candidate}")
+            if names:
+                return names
+            oldest = store.oldest_account(candidate)
+            if oldest is not None:
+                return [oldest]
+        return None
 
     def start(
         self,

@@ -24,7 +24,6 @@ import smtplib
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,9 +441,7 @@ def run_demo(
 ) -> DemoResult:
     """Play the story; everything it made is removed before it returns."""
     console = console or Console()
-    with tempfile.TemporaryDirectory(prefix="postfach-demo-") as tmp, warnings.catch_warnings():
-        # aiosmtpd's own deprecation notice about its AUTH API is not part of the story
-        warnings.filterwarnings("ignore", message=".*login_data.*")
+    with tempfile.TemporaryDirectory(prefix="postfach-demo-") as tmp:
         story = _Story(Path(tmp), console, lang, pause or (lambda: None))
         try:
             result = story.run()

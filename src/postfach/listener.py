@@ -250,6 +250,7 @@ class StreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._stopping = False
+        self._interrupted = False
         self._slot: Slot | None = None
         self._data_at = 0.0  # when bytes last arrived
         self._command_started: float | None = None
@@ -355,6 +356,11 @@ class StreamConnection(asyncio.Protocol):
                 t.pause_reading()
         self._wake_reader()
 
+    def interrupt_read(self) -> None:
+        """The session ends by itself: ``_read`` returns now, with what it has (maybe b"")."""
+        self._interrupted = True
+        self._wake_reader()
+
     def abort(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
@@ -457,8 +463,9 @@ class StreamConnection(asyncio.Protocol):
 
     async def _read(self) -> bytes:
         """Whatever has arrived, waiting for something; b"" at EOF or when the peer is gone.
-        Once `shutdown` was called: what was received before, then `ServerStopping`."""
-        while not self._inbuf and not self._eof and not self._lost.done():
+        Once `shutdown` was called: what was received before, then `ServerStopping`; after
+        `interrupt_read`: at once, with what there is."""
+        while not (self._inbuf or self._eof or self._lost.done() or self._interrupted):
             if self._stopping:
                 raise ServerStopping
             self._data_waiter = self._loop.create_future()

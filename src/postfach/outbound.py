@@ -37,6 +37,7 @@ from postfach.delivery import (
     LocalDelivery,
     RcptOutcome,
     has_smuggling,
+    is_bare_postmaster,
     validate_address,
 )
 from postfach.dsn import FailedRecipient
@@ -123,8 +124,9 @@ class SubmitTxn:
         s = self.service
         if self.count >= s.settings.max_recipients:
             raise SmtpError(452, "4.5.3", "Too many recipients")
-        _local, domain = validate_address(address)
-        if s.local.store.is_local_domain(domain):
+        bare_postmaster = is_bare_postmaster(address)
+        domain = "" if bare_postmaster else validate_address(address)[1]
+        if bare_postmaster or s.local.store.is_local_domain(domain):
             try:
                 self.local.add_rcpt(address)
             except SmtpError as exc:

@@ -211,6 +211,63 @@ def test_idle_is_told_of_delivery_within_a_second(server: RunningServer) -> None
     raw.close()
 
 
+def test_deleted_account_gets_bye_at_once(server: RunningServer) -> None:
+    # An account deleted while its sessions wait: the one in IDLE and the one between commands
+    # both get BYE within a second and are closed, not at their next command or autologout.
+    server.add_user(ALICE)
+    idle, waiting = Raw(server.port("imap")), Raw(server.port("imap"))
+    idle.send(f'a LOGIN {ALICE} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
+    idle.until(b"b")
+    assert idle.line() == b"+ idling"
+    waiting.send(f'a LOGIN {ALICE} "{PASSWORD}"\r\n'.encode())
+    waiting.until(b"a")
+    acc = server.store.get_account(ALICE)
+    assert acc is not None
+    start = time.monotonic()
+    server.store.delete_account(ALICE)
+    for raw in (idle, waiting):
+        assert raw.line() == b"* BYE account no longer exists"
+        assert raw.sock.recv(100) == b""  # closed
+        assert time.monotonic() - start < 1.0
+        raw.close()
+    deadline = time.monotonic() + 5
+    while server.app.hub.sessions.held(acc.id) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.app.hub.sessions.held(acc.id) == 0  # both sessions are gone
+
+
+def test_deleted_account_bye_waits_for_the_response_in_progress(server: RunningServer) -> None:
+    # Deleted while a big FETCH is being written: the response is finished first (a BYE in
+    # the middle of a literal would corrupt it), then BYE.
+    server.add_user(ALICE)
+    for i in range(30):
+        server.send([ALICE], message(f"big {i}", size=200_000))
+    raw = Raw(server.port("imap"), timeout=30)
+    raw.send(f'a LOGIN {ALICE} "{PASSWORD}"\r\nb SELECT INBOX\r\n'.encode())
+    raw.until(b"b")
+    raw.send(b"c FETCH 1:* BODY.PEEK[]\r\n")
+    first = raw.line()  # the server is now blocked on our unread socket buffer
+    assert first.startswith(b"* 1 FETCH (BODY[] {")
+    server.store.delete_account(ALICE)
+    rest = raw.buf
+    while True:
+        chunk = raw.sock.recv(1 << 20)
+        if not chunk:
+            break
+        rest += chunk
+    # Messages not yet read when the account went are expunged: those are left out and the
+    # FETCH ends NO [EXPUNGEISSUED] (RFC 9051 §7.1); the rest come whole, and BYE only after.
+    tagged, _, bye = rest.rpartition(b"\r\nc ")[2].partition(b"\r\n")
+    assert tagged in (
+        b"OK FETCH completed",
+        b"NO [EXPUNGEISSUED] some messages were expunged meanwhile",
+    )
+    assert bye == b"* BYE account no longer exists\r\n"
+    assert rest.count(b"* BYE") == 1
+    assert 1 <= rest.count(b"Subject: big ") <= 30
+    raw.close()
+
+
 def test_sessions_see_each_others_changes(server: RunningServer) -> None:
     server.add_user(ALICE)
     for i in range(3):

@@ -85,6 +85,81 @@ def test_alias_and_catch_all(server: RunningServer) -> None:
     assert len(inbox_bytes(server, "bob@example.org")) == 1
 
 
+def rcpt_replies(server: RunningServer, port: str, rcpts: list[str]) -> list[tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", server.port(port)) as s:
+        s.ehlo("x") if port == "smtp" else s.docmd("LHLO", "x")
+        s.mail("a@remote.example")
+        replies = [s.rcpt(r) for r in rcpts]
+        s.rset()
+        return [(code, text[:5]) for code, text in replies]
+
+
+def test_postmaster_is_always_accepted(server: RunningServer) -> None:
+    # RFC 5321 §4.5.1: RCPT TO:<Postmaster> without a domain, and postmaster@ every local
+    # domain, in any case. Without a route of their own they reach the server's postmaster:
+    # the primary domain's postmaster route, else its oldest account.
+    server.add_user("alice@example.org")
+    server.add_user("bob@example.org")
+    server.add_user("carol@other.example")
+    rcpts = ["<postmaster>", "Postmaster", "POSTMASTER@example.org", "postmaster@Other.Example"]
+    for port in ("smtp", "lmtp"):
+        assert rcpt_replies(server, port, rcpts) == [(250, b"2.1.5")] * 4
+    assert server.send(["Postmaster"], message("bare")) == {}
+    assert server.send(["postmaster@other.example"], message("other")) == {}
+    assert len(inbox_bytes(server, "alice@example.org")) == 2
+    assert inbox_bytes(server, "bob@example.org") == []
+    assert inbox_bytes(server, "carol@other.example") == []
+    # A route of the domain's own wins; an alias for the primary domain moves bare postmaster.
+    server.store.add_alias("postmaster@other.example", "carol@other.example")
+    server.store.add_alias("postmaster@example.org", "bob@example.org")
+    assert server.send(["postmaster@OTHER.example"], message("carol")) == {}
+    assert server.send(["postmaster"], message("bob")) == {}
+    assert len(inbox_bytes(server, "carol@other.example")) == 1
+    assert len(inbox_bytes(server, "bob@example.org")) == 1
+    # Only postmaster is special: other bare names are still refused.
+    assert rcpt_replies(server, "smtp", ["abuse", "alice"]) == [(553, b"5.1.3")] * 2
+
+
+def test_postmaster_of_the_hostname_domain(tmp_path: Path) -> None:
+    # The server's hostname is a local domain: that is the primary domain, whatever was
+    # added first.
+    srv = start_server(tmp_path / "data", POSTFACH_HOSTNAME="mail.example.net")
+    try:
+        srv.add_user("alice@example.org")
+        srv.add_user("root@mail.example.net")
+        assert srv.send(["postmaster"], message()) == {}
+        assert inbox_bytes(srv, "root@mail.example.net") != []
+        assert inbox_bytes(srv, "alice@example.org") == []
+    finally:
+        srv.stop()
+
+
+def test_postmaster_without_accounts_is_unknown(server: RunningServer) -> None:
+    server.store.add_domain("example.org")
+    assert rcpt_replies(server, "smtp", ["postmaster"]) == [(550, b"5.1.1")]
+
+
+def test_enhanced_codes_before_ehlo_and_after_helo(server: RunningServer) -> None:
+    # RFC 2034 §3: enhanced codes are promised once EHLO has advertised them. Before EHLO
+    # aiosmtpd's replies carry none; after HELO our own (MAIL, RCPT, DATA) carry them as after
+    # EHLO (as Postfix does: a code in the text harms no client), aiosmtpd's own do not.
+    server.add_user("alice@example.org")
+    with smtplib.SMTP("127.0.0.1", server.port("smtp")) as s:
+        assert s.docmd("MAIL", "FROM:<a@remote.example>") == (503, b"Error: send HELO first")
+        assert s.docmd("FOO")[1].startswith(b"Error: command")
+        assert s.helo("client.example")[0] == 250
+        assert not s.does_esmtp
+        assert s.mail("a@remote.example") == (250, b"2.1.0 Sender OK")
+        assert s.rcpt("nobody@example.org")[1].startswith(b"5.1.1 ")
+        assert s.rcpt("x@elsewhere.example")[1].startswith(b"5.7.1 ")
+        assert s.rcpt("alice@example.org") == (250, b"2.1.5 Recipient OK")
+        assert s.data(message("helo")) == (250, b"2.0.0 OK")
+        assert s.docmd("FOO")[1].startswith(b"Error: command")
+        assert s.docmd("NOOP") == (250, b"OK")
+    [stored] = inbox_bytes(server, "alice@example.org")
+    assert b"(postfach) with SMTP id " in stored  # RFC 3848: HELO is plain SMTP
+
+
 def test_full_mailbox_refused_at_rcpt_and_at_data(server: RunningServer) -> None:
     server.add_user("alice@example.org", quota=3000)
     server.add_user("bob@example.org")

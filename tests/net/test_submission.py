@@ -4,9 +4,11 @@ local routing with quota, DSN parameters, Sent copies, and an open-relay battery
 from __future__ import annotations
 
 import email
+import logging
 import smtplib
 import ssl
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +125,30 @@ def test_implicit_tls_submissions(users: RunningServer) -> None:
     assert len(mailbox(users, BOB)) == 1
 
 
+def test_auth_sessions_log_no_aiosmtpd_warnings(
+    users: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every connection used to log "auth_required == True but auth_require_tls == False"
+    # (implicit TLS, plaintext on loopback) and every AUTH to warn "Session.login_data is
+    # deprecated": our TLS policy and sessions now tell aiosmtpd what they mean.
+    ctx = ssl.create_default_context(cafile=str(users.app.config.cert_path))
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with smtplib.SMTP_SSL("localhost", users.port("submissions"), context=ctx) as s:
+            s.login(ALICE, PASSWORD)
+            assert s.sendmail(ALICE, [BOB], msg()) == {}
+        with smtplib.SMTP("localhost", users.port("submission")) as s:
+            s.starttls(context=ctx)
+            s.login(ALICE, PASSWORD)
+            assert s.sendmail(ALICE, [BOB], msg()) == {}
+        with login(users) as s:  # plaintext on loopback, allowed by default
+            assert s.sendmail(ALICE, [BOB], msg()) == {}
+    assert len(mailbox(users, BOB)) == 3
+    assert [str(w.message) for w in caught if "aiosmtpd" in w.filename] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_envelope_sender_must_be_the_account(users: RunningServer) -> None:
     with login(users) as s:
         code, text = s.mail(BOB)
@@ -207,6 +233,15 @@ def test_unknown_local_recipient(users: RunningServer) -> None:
         s.mail(ALICE)
         code, text = s.rcpt("nobody@example.org")
         assert (code, text[:5]) == (550, b"5.1.1")
+
+
+def test_bare_postmaster_is_delivered_locally(users: RunningServer) -> None:
+    # RFC 5321 §4.5.1 on submission too: <postmaster> is the server's postmaster (here the
+    # primary domain's postmaster route, bob), never a queued remote address.
+    users.store.add_alias("postmaster@example.org", BOB)
+    with login(users) as s:
+        assert s.sendmail(ALICE, ["Postmaster"], msg(to="postmaster")) == {}
+    assert len(mailbox(users, BOB)) == 1
 
 
 def test_dsn_parameters(users: RunningServer) -> None:

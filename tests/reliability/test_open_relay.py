@@ -115,7 +115,7 @@ CASES = [
     c("<victim@remote.example> <alice@example.org>"),
     c("<alice@example.org\x00@remote.example>"),
     c("<>"),
-    c("<postmaster>"),
+    c("<postmaster>", local=ALICE),  # RFC 5321 §4.5.1: the oldest account of example.org
     c("<nobody@example.org>"),
     # long local parts (RFC 5321 §4.5.3.1.1: 64 octets)
     c(f"<{LONG}@remote.example>", remote=f"{LONG}@remote.example"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -120,5 +121,34 @@ def test_a_stale_pid_file_is_never_signalled(tmp_path: Path, peer: Peer) -> None
     try:
         wait_for(lambda: peer.messages, timeout=10, what="delivery after the restart")
         assert (data / "postfach.pid").read_text().strip() == str(server.pid)
+    finally:
+        server.terminate()
+
+
+def test_user_del_ends_the_accounts_idle_session_at_once(tmp_path: Path) -> None:
+    """``postfach user del`` in another process: the server hears of it by SIGUSR1 and the
+    account's IDLE session gets ``* BYE`` within a second of the command's end."""
+    data = tmp_path / "data"
+    data.mkdir()
+    assert cli(data, "domain", "add", "example.org").returncode == 0
+    r = cli(data, "user", "add", ALICE, "--password-stdin", stdin=PASSWORD + "\n")
+    assert r.returncode == 0, r.stderr
+    server = spawn(data)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port("imap")), timeout=10)
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"* OK")
+        sock.sendall(f'a LOGIN {ALICE} "{PASSWORD}"\r\nb IDLE\r\n'.encode())
+        assert f.readline().startswith(b"a OK")
+        assert f.readline() == b"+ idling\r\n"
+        r = cli(data, "user", "del", ALICE, "--yes")
+        assert r.returncode == 0, r.stderr
+        done = time.monotonic()
+        sock.settimeout(1.0)
+        assert f.readline() == b"* BYE account no longer exists\r\n"
+        assert f.readline() == b""  # and closed
+        assert time.monotonic() - done < 1.0
+        sock.close()
+        assert "event=account-deleted" in server.log_text()
     finally:
         server.terminate()

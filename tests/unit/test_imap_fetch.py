@@ -364,6 +364,53 @@ def test_nul_parts_become_base64() -> None:
     assert base64_nul_parts(plain) is plain
 
 
+def test_nul_without_a_header_or_after_a_cr_nul_lf_line_becomes_base64() -> None:
+    # A part with no empty line (parsed as all header) whose text holds NUL is a body.
+    headerless = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nno header\x00 here\r\n--b--\r\n'
+    )
+    out = base64_nul_parts(headerless)
+    assert b"\x00" not in out
+    resp, _ = run(out, [FetchSection(peek=True, part=(1,), binary=True)])
+    assert items_of(resp)["BINARY[1]"] == b"no header\x00 here"
+    assert base64_nul_parts(b"hi\x00there\r\n") == (
+        b"Content-Transfer-Encoding: base64\r\n\r\naGkAdGhlcmUNCg=="
+    )
+    # NUL between CR and LF of the line before Content-Transfer-Encoding: removing that field
+    # once left the header looking unterminated and the body unencoded.
+    cr_nul_lf = b"Subject: a\r\x00\nContent-Transfer-Encoding: 7bit\r\n\r\nbody\x00x\r\n"
+    out = base64_nul_parts(cr_nul_lf)
+    assert out == b"Subject: a\r\x00\nContent-Transfer-Encoding: base64\r\n\r\nYm9keQB4DQo="
+    resp, _ = run(out, [FetchSection(peek=True, part=(1,), binary=True)])
+    assert items_of(resp)["BINARY[1]"] == b"body\x00x\r\n"
+    # Bare-LF headers keep their line ends.
+    assert base64_nul_parts(b"Subject: a\n\nbody\x00\n") == (
+        b"Subject: a\nContent-Transfer-Encoding: base64\n\nYm9keQAK"
+    )
+
+
+def test_no_nul_in_any_non_binary_literal() -> None:
+    # RFC 9051 §4.3: NUL only in literal8. What still holds NUL (delivered by SMTP, a NUL in a
+    # header) goes out with 0x80 in its place, as Dovecot does; the sizes stay the same.
+    data = b"Subject: a\x00b\r\n\r\nbody\x00x\r\n"
+    items: list[FetchItem] = [
+        FetchSection(peek=True),
+        FetchSection(peek=True, spec="HEADER"),
+        FetchSection(peek=True, spec="TEXT"),
+        FetchSection(peek=True, part=(1,)),
+        FetchAttr("RFC822"),
+        FetchAttr("RFC822.SIZE"),
+    ]
+    resp, _ = run(data, items)
+    wire = resp.to_bytes()
+    assert b"\x00" not in wire and b"~{" not in wire
+    got = items_of(resp)
+    assert got["BODY[]"] == data.replace(b"\x00", b"\x80")
+    assert got["RFC822.SIZE"] == len(got["RFC822"]) == len(data)
+    resp, _ = run(data, [FetchSection(peek=True, binary=True)])
+    assert resp.to_bytes().count(b"~{") == 1 and items_of(resp)["BINARY[]"] == data
+
+
 def test_flags_show_recent_when_asked() -> None:
     resp, _ = run(SAMPLE, [FetchAttr("FLAGS")])
     assert b"\\Recent" not in resp.to_bytes()

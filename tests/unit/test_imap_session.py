@@ -47,6 +47,7 @@ class Out:
     def __init__(self) -> None:
         self.data = bytearray()
         self.tls_started = 0
+        self.ended = False
 
     def write(self, data: bytes) -> None:
         self.data += data
@@ -56,6 +57,9 @@ class Out:
 
     async def start_tls(self) -> None:
         self.tls_started += 1
+
+    def end(self) -> None:
+        self.ended = True
 
     def take(self) -> bytes:
         out = bytes(self.data)
@@ -1182,5 +1186,38 @@ def test_uidvalidity_of_a_recreated_mailbox_differs(tmp_path: Path) -> None:
         await cl.ok("DELETE Zz")
         await cl.ok("CREATE Zz")
         assert (await cl.ok("STATUS Zz (UIDVALIDITY)"))[0] != before
+
+    run(tmp_path, body)
+
+
+def test_qresync_needs_positive_values_and_search_takes_numbers_beyond_exists(
+    tmp_path: Path,
+) -> None:
+    async def body(env: Env) -> None:
+        env.account(messages=2)
+        cl = env.client()
+        await cl.login()
+        await cl.ok("ENABLE QRESYNC")
+        lines = await cl.ok("SELECT INBOX")
+        validity = next(ln for ln in lines if "UIDVALIDITY" in ln).split()[3].rstrip("]")
+        # RFC 7162 §7: mod-sequence-value is 1 or more, uidvalidity is nz-number.
+        for bad in (f"{validity} 0", "0 1", f"{validity} 0 1:2", f"{validity} 00"):
+            lines = await cl.cmd(f"SELECT INBOX (QRESYNC ({bad}))")
+            assert lines[-1].startswith(f"t{cl.n} BAD"), (bad, lines)
+        await cl.ok(f"SELECT INBOX (QRESYNC ({validity} 1))")
+        # SEARCH: a set is a search key matching the messages it names (RFC 9051 §6.4.4);
+        # numbers beyond EXISTS name none (Dovecot does the same). FETCH, STORE and COPY
+        # must name existing messages (RFC 9051 §9, seq-number): BAD.
+        assert (await cl.ok("SEARCH 1:5"))[0] == "* SEARCH 1 2"
+        assert (await cl.ok("SEARCH 5"))[0] == "* SEARCH"
+        assert (await cl.ok("SEARCH 3:* ALL"))[0] == "* SEARCH 2"
+        assert (await cl.ok("SEARCH 2,7 UNSEEN"))[0] == "* SEARCH 2"
+        assert (await cl.ok("UID SEARCH 1:5"))[0] == "* SEARCH 1 2"
+        for cmd in ("FETCH 1:5 FLAGS", "STORE 5 +FLAGS (\\Seen)", "COPY 3 INBOX"):
+            assert (await cl.cmd(cmd))[-1].startswith(f"t{cl.n} BAD"), cmd
+        assert len(await cl.ok("UID FETCH 2:9 FLAGS")) == 2
+        # Mod-sequence 0 where it is harmless, as Dovecot: everything changed since then.
+        assert len(await cl.ok("FETCH 1:2 (FLAGS) (CHANGEDSINCE 0)")) == 3
+        assert (await cl.ok("SEARCH MODSEQ 0"))[0].startswith("* SEARCH 1 2 (MODSEQ ")
 
     run(tmp_path, body)

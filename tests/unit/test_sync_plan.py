@@ -229,7 +229,10 @@ def _check_outcome(w: World, story: dict[int, tuple[Flags, object, object]], new
         assert idents.count(key) == 1
 
 
-@settings(max_examples=300)
+# No per-example deadline: Hypothesis's default (200 ms of wall clock) failed these tests on a
+# loaded machine (an example that takes ~40 ms alone took over 200 ms with 7 workers on 2 cores,
+# and passed on replay: "Flaky"). Speed is not what they test.
+@settings(max_examples=300, deadline=None)
 @given(scenarios(), st.booleans())
 def test_two_way_sync_converges(scn: tuple, delta: bool) -> None:
     w, story, (before, new) = scn
@@ -239,7 +242,7 @@ def test_two_way_sync_converges(scn: tuple, delta: bool) -> None:
     assert w.plan() == []  # idempotent: a second run has nothing to do
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_delta_and_full_listing_plan_the_same(scn: tuple) -> None:
     w, _story, (before, _new) = scn
@@ -248,7 +251,7 @@ def test_delta_and_full_listing_plan_the_same(scn: tuple) -> None:
     assert sorted(map(repr, full)) == sorted(map(repr, delta))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_pull_never_writes_the_server(scn: tuple) -> None:
     w, story, (_before, _new) = scn
@@ -276,7 +279,7 @@ def test_pull_never_writes_the_server(scn: tuple) -> None:
             assert w.server[uid] == merge_flags(base, lf, sf)  # type: ignore[arg-type]
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(scenarios(), st.data())
 def test_uidvalidity_change_neither_duplicates_nor_loses(scn: tuple, data: st.DataObject) -> None:
     """After a UIDVALIDITY change every record becomes an orphan and the server renumbers its
@@ -468,7 +471,7 @@ def test_pull_never_changes_server_folders() -> None:
 names = st.sampled_from(["INBOX", "A", "B", "C", "A/x", "D"])
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(names, st.booleans(), st.booleans()), max_size=5, unique_by=lambda t: t[0]),
     st.lists(st.tuples(names, st.sampled_from(["s1", "s2", "s3", "s4", "s5", None])), max_size=5,

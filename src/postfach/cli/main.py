@@ -22,6 +22,7 @@ from rich.table import Table
 from postfach import __version__
 from postfach.auth.passwords import hash_password
 from postfach.config import Config, ConfigError, default_data_dir, load_config
+from postfach.control import wake_server
 from postfach.datadir import StartupError, open_store
 from postfach.errors import StoreError
 from postfach.quota import format_size, parse_size
@@ -224,7 +225,14 @@ def domain_add(obj: _Ctx, name: str) -> None:
     if ("." not in name and name.lower() != "localhost") or "@" in name or " " in name:
         fail(f"not a domain name: {name!r}")
     obj.store().add_domain(name)
-    console.print(f"added domain {name.lower()}")
+    name = name.lower()
+    console.print(f"added domain {name}")
+    # RFC 5321 §4.5.1: postmaster@ every domain must be accepted; without a route of its own
+    # it reaches the server's postmaster (docs/conformance.md, "postmaster").
+    console.print(
+        f"mail to postmaster@{name} goes to the server's postmaster; to choose: "
+        f"postfach alias add postmaster@{name} ADDRESS"
+    )
 
 
 @domain.command("list")
@@ -304,6 +312,7 @@ def user_del(obj: _Ctx, address: str, yes: bool) -> None:
         click.confirm(f"Delete {acc.name} and its {acc.used_messages} messages?", abort=True)
     store.delete_account(address)
     console.print(f"deleted {acc.name}")
+    wake_server(obj.data_dir)  # a running server ends the account's sessions now
 
 
 @user.command("set")

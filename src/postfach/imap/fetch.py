@@ -34,8 +34,9 @@ Rules implemented here:
 - PREVIEW: RFC 8970 §3, computed on demand (also for ``PREVIEW (LAZY)``).
 
 No literal may carry NUL (RFC 9051 §4.3). APPEND stores parts that hold NUL base64-encoded
-(`base64_nul_parts`, RFC 3516 §4.4); a message that reached the store with NUL by another way
-(SMTP) still has BODY[] send the stored octets unchanged; clients that care use BINARY.
+(`base64_nul_parts`, RFC 3516 §4.4); in what still holds NUL (a message delivered by SMTP, a
+NUL in a header) BODY[], RFC822 and the other non-binary items send 0x80 in its place, as
+Dovecot does (the size stays the same); BINARY sends the NUL in a literal8.
 """
 
 from __future__ import annotations
@@ -235,14 +236,32 @@ def _decoded(node: Part, data: bytes, whole: bool) -> bytes:
 _CTE_FIELD = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:.*(?:\r?\n[ \t].*)*\r?\n")
 
 
+def _header_end(header: bytes) -> tuple[bytes, bytes] | None:
+    """A part's header as (its field lines, the empty line ending them), None if it has none."""
+    if header in (b"\r\n", b"\n"):
+        return b"", header
+    for end, blank in ((b"\r\n\r\n", b"\r\n"), (b"\n\r\n", b"\r\n"), (b"\r\n\n", b"\n"),
+                       (b"\n\n", b"\n")):  # fmt: skip
+        if header.endswith(end):
+            return header[: -len(blank)], blank
+    return None
+
+
+def _base64_lines(data: bytes) -> bytes:
+    body = binascii.b2a_base64(data, newline=False)
+    return b"\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
+
+
 def base64_nul_parts(data: bytes) -> bytes:
     """``data`` with the body of every leaf part that holds a NUL octet encoded as base64.
 
     For a message APPENDed as literal8 (RFC 3516 §4.4). No literal of IMAP4rev1 or IMAP4rev2
     may carry NUL (RFC 9051 §4.3: CHAR8 excludes it), so BODY[] could not return such a part
     as stored; base64 keeps it exact for BINARY[] and BINARY.SIZE (the decoded octets are the
-    ones sent) and makes BODY[] legal. Dovecot does the same. Parts without NUL, and NUL in a
-    header, are left as they are.
+    ones sent) and makes BODY[] legal. Dovecot does the same. Parts without NUL are left as
+    they are. A part with NUL and no empty line (parsed as a header without a body: no header
+    holds NUL) is taken as a body without a header. NUL left in a real header is replaced by
+    FETCH (`_Builder.octets`).
     """
     root = parse(data)
     leaves: list[Part] = []
@@ -253,24 +272,27 @@ def base64_nul_parts(data: bytes) -> bytes:
                 walk(child)
         elif part.message is not None:
             walk(part.message)
-        elif b"\x00" in data[part.body_start : part.body_end]:
+        elif b"\x00" in data[part.header_start : part.body_end]:
             leaves.append(part)
 
     walk(root)
-    if not leaves:
-        return data
     out: list[bytes] = []
     pos = 0
     for part in sorted(leaves, key=lambda p: p.header_start):
-        header = _CTE_FIELD.sub(b"", data[part.header_start : part.header_end])
-        cut = len(header) - 2 if header.endswith(b"\r\n\r\n") else 0 if header == b"\r\n" else None
-        if cut is None:  # a header not ended by CRLF CRLF: leave this part alone
+        split = _header_end(data[part.header_start : part.header_end])
+        if split is None and part.body_start == part.body_end:  # no header: all of it is body
+            out += [data[pos : part.header_start], b"Content-Transfer-Encoding: base64\r\n\r\n",
+                    _base64_lines(data[part.header_start : part.body_end])]  # fmt: skip
+        elif split is not None and b"\x00" in data[part.body_start : part.body_end]:
+            fields, blank = split
+            out += [data[pos : part.header_start], _CTE_FIELD.sub(b"", fields),
+                    b"Content-Transfer-Encoding: base64" + blank, blank,
+                    _base64_lines(data[part.body_start : part.body_end])]  # fmt: skip
+        else:  # NUL only in a header: the field stays, FETCH replaces the NUL
             continue
-        body = binascii.b2a_base64(data[part.body_start : part.body_end], newline=False)
-        lines = b"\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
-        out += [data[pos : part.header_start], header[:cut],
-                b"Content-Transfer-Encoding: base64\r\n", header[cut:], lines]  # fmt: skip
         pos = part.body_end
+    if not out:
+        return data
     out.append(data[pos:])
     return b"".join(out)
 
@@ -312,7 +334,11 @@ class _Builder:
         if not value:
             self.text.append(b'""')
             return
-        self.text.append(b"~" if binary and b"\x00" in value else b"")
+        if b"\x00" in value:
+            if binary:  # RFC 3516 §4.2: literal8 carries NUL
+                self.text.append(b"~")
+            else:  # RFC 9051 §4.3: no NUL in a literal; 0x80 as Dovecot, the size stays
+                value = value.replace(b"\x00", b"\x80")
         self.text.append(b"{%d}\r\n" % len(value))
         self.chunks.append(b"".join(self.text))
         self.chunks.append(value)

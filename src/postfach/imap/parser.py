@@ -569,7 +569,7 @@ def _qresync(c: _Cursor) -> QresyncParams:
     c.expect(b"(", "'(' after QRESYNC")
     uidvalidity = c.expect_number("a UIDVALIDITY", nz=True)
     c.expect_sp()
-    modseq = c.expect_number("a mod-sequence", bits=64)
+    modseq = c.expect_number("a mod-sequence", nz=True, bits=64)  # mod-sequence-value >= 1
     known: SequenceSet | None = None
     match: tuple[SequenceSet, SequenceSet] | None = None
     if c.take_sp():

@@ -111,6 +111,10 @@ class _Connection(StreamConnection):
         self.flush()  # the OK goes out in plaintext, before the handshake
         await self.upgrade_tls()
 
+    def end(self) -> None:
+        """The session said BYE by itself: the read it waits in returns now."""
+        self.interrupt_read()
+
     # ---- the conversation --------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -151,6 +155,9 @@ class _Connection(StreamConnection):
                         session.command_timeout_bye()
                     else:
                         session.autologout_bye()
+                    break
+                if self._interrupted:  # it said BYE while we waited (its account was deleted)
+                    reason = session.close_reason
                     break
                 if not data:
                     reason = "disconnect"

@@ -111,6 +111,7 @@ from postfach.mime.stored import Parsed, load_parsed, parse_for_storage
 from postfach.store.api import (
     INBOX,
     Account,
+    AccountDeleted,
     Change,
     Flag,
     Mailbox,
@@ -187,6 +188,11 @@ class Output(Protocol):
 
     async def start_tls(self) -> None:
         """Begin the TLS handshake now (STARTTLS); pipelined plaintext is thrown away."""
+        ...
+
+    def end(self) -> None:
+        """The session has said BYE on its own (its account was deleted): stop waiting for
+        the client's next command."""
         ...
 
 
@@ -411,6 +417,8 @@ class ImapSession:
         self._errors = 0
         self._auth_failures = 0
         self._closing = False
+        self._feeding = False  # commands are being run (`feed`)
+        self._account_gone = False  # deleted while a command ran: BYE when it is answered
         self._session_account: int | None = None  # holds a place in hub.sessions
         self.close_reason = "logout"
 
@@ -486,6 +494,15 @@ class ImapSession:
     async def feed(self, data: bytes) -> None:
         """Take bytes from the client and run every command they complete."""
         self._framer.receive_data(data)
+        self._feeding = True
+        try:
+            await self._feed_commands()
+        finally:
+            self._feeding = False
+        if self._account_gone:
+            self._end_deleted()
+
+    async def _feed_commands(self) -> None:
         handled = 0
         while not self._closing:
             event = self._framer.next_event()
@@ -1365,6 +1382,13 @@ class ImapSession:
 
     def _on_change(self, change: Change) -> None:
         """Every committed change of this account, on the event loop (see module docstring)."""
+        if isinstance(change, AccountDeleted):
+            # BYE now, unless a command's response is being written (it must not be cut in
+            # two): then when it is done (`feed`). IDLE has no response in progress.
+            self._account_gone = True
+            if not self._feeding or self._idle_tag is not None:
+                self._end_deleted()
+            return
         sel = self._selected
         if sel is None:
             return
@@ -1376,6 +1400,13 @@ class ImapSession:
         if self._idle_tag is not None and not self._idle_scheduled and sel.view.has_pending:
             self._idle_scheduled = True
             asyncio.get_running_loop().call_soon(self._idle_flush)
+
+    def _end_deleted(self) -> None:
+        """RFC 9051 §7.1.5: the account was deleted by an administrator: BYE and close."""
+        if not self._closing:
+            log.info("conn=%s event=account-deleted account=%r", self._conn_id, self._account_name)
+            self._bye("account no longer exists", "account-deleted")
+            self._out.end()
 
     def _flush_updates(self, *, expunge: bool) -> None:
         """Untagged updates of the selected mailbox, where RFC 9051 §7.5.1 allows them."""

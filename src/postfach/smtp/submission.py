@@ -23,7 +23,6 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -98,6 +97,15 @@ def _is_loopback(peer: Any) -> bool:
         return False
 
 
+class SubmissionSession(Session):
+    """aiosmtpd's session without its legacy ``login_data`` property. aiosmtpd 1.4 itself
+    writes ``login_data`` after every successful `AuthResult` (the current API), and that
+    property's setter logs a deprecation warning each time; we keep the account in
+    ``auth_data`` and never read ``login_data``."""
+
+    login_data: Any = None
+
+
 class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, FastAddressSMTP):
     """aiosmtpd's SMTP with our AUTH mechanisms, DSN parameters and TLS policy."""
 
@@ -118,18 +126,27 @@ class SubmissionSMTP(GracefulSMTP, _EnhancedCodes, LimitedSMTP, BlockDataSMTP, F
         self.dsn_mail: dict[str, str] = {}
         self.dsn_rcpt: dict[str, str] = {}
         tls_context = kwargs.pop("tls_context", None)
+        # AUTH needs TLS unless the connection's policy says otherwise (`connection_made`);
+        # constructed with both True, as aiosmtpd logs a warning for every protocol made
+        # with AUTH required and TLS not.
         super().__init__(
             handler,
             auth_required=True,
-            auth_require_tls=not implicit_tls,
+            auth_require_tls=True,
             tls_context=None if implicit_tls else tls_context,  # no STARTTLS inside TLS
             **kwargs,
         )
 
+    def _create_session(self) -> Session:
+        return SubmissionSession(self.loop)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and getattr(self, "transport", None) is None
         super().connection_made(transport)
-        if first and not self._implicit_tls:
+        if self._implicit_tls:
+            # aiosmtpd knows TLS only from its own STARTTLS: on 465 the whole connection is TLS.
+            self._auth_require_tls = False
+        elif first:
             peer = transport.get_extra_info("peername")
             if self._plaintext_anywhere or (self._plaintext_on_loopback and _is_loopback(peer)):
                 self._auth_require_tls = False
@@ -362,12 +379,6 @@ def make_submission_factory(
     shared = ConnectionLimits(limits, tls_context if implicit_tls else None)
 
     def factory() -> SubmissionSMTP:
-        with warnings.catch_warnings():
-            # aiosmtpd warns about AUTH without TLS; with implicit TLS the whole connection is.
-            warnings.simplefilter("ignore", UserWarning)
-            return _make()
-
-    def _make() -> SubmissionSMTP:
         return SubmissionSMTP(
             handler,
             authenticate=authenticate,

@@ -188,4 +188,9 @@ class MailboxesChanged(Change):
     """A mailbox was created, deleted or renamed; sessions re-read the list."""
 
 
+@dataclass(frozen=True, slots=True)
+class AccountDeleted(Change):
+    """The account is gone (``postfach user del``): its sessions end now."""
+
+
 Publisher = Callable[[list[Change]], None]

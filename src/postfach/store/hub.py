@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 
 from postfach.limits import SessionCounter
-from postfach.store.api import Change
+from postfach.store.api import AccountDeleted, Change
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,13 @@ class Hub:
             self._dispatch(changes)
         else:
             loop.call_soon_threadsafe(self._dispatch, changes)
+
+    def recheck_accounts(self, exists: Callable[[int], bool]) -> None:
+        """Tell the subscribers of every account that no longer exists (deleted by another
+        process, ``postfach user del``, which then signals the server) that it is gone."""
+        gone = [AccountDeleted(a) for a in list(self._subs) if not exists(a)]
+        if gone:
+            self.publish(list[Change](gone))
 
     def _dispatch(self, changes: list[Change]) -> None:
         for change in changes:

@@ -47,6 +47,7 @@ from postfach.store.api import (
     DEFAULT_MAILBOXES,
     INBOX,
     Account,
+    AccountDeleted,
     Alias,
     Change,
     CheckReport,
@@ -727,6 +728,20 @@ class SqliteMailstore:
         row = self._reader().execute("SELECT 1 FROM domains WHERE name=?", (name.lower(),))
         return row.fetchone() is not None
 
+    def domains_by_age(self) -> list[str]:
+        """The local domains in the order they were added."""
+        rows = self._reader().execute("SELECT name FROM domains ORDER BY created, rowid")
+        return [str(r[0]) for r in rows.fetchall()]
+
+    def oldest_account(self, domain: str) -> str | None:
+        """The name of the domain's account with the lowest id (the first one added)."""
+        row = (
+            self._reader()
+            .execute("SELECT name FROM accounts WHERE domain=? ORDER BY id LIMIT 1", (domain,))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
     def delete_domain(self, name: str) -> None:
         self._write(self._op_delete_domain, name.lower())
 
@@ -948,6 +963,7 @@ class SqliteMailstore:
         conn.execute("DELETE FROM aliases WHERE target=?", (name,))
         conn.execute("DELETE FROM accounts WHERE id=?", (account_id,))
         batch.changes.append(MailboxesChanged(account_id))
+        batch.changes.append(AccountDeleted(account_id))
 
     # ---- aliases ------------------------------------------------------------------------------
 
