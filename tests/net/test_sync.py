@@ -328,6 +328,40 @@ def test_uploads_without_uidplus_are_paired_not_downloaded_again(
     assert dev.messages()["INBOX"] == {"written offline": ""} == other.messages()["INBOX"]
 
 
+def test_unchanged_folder_is_skipped_but_a_flag_rename_or_a_same_tick_change_is_found(
+    alice: RunningServer, other: Other, tmp_path: Path
+) -> None:
+    """The nothing-changed skip (same ``cur``/``new`` mtimes as recorded) never hides a change:
+    a flag set by renaming a file after the stamp was taken, and a change made in the same
+    clock tick as the sync that would have recorded the stamp (that stamp is not trusted)."""
+    deliver(alice, "one", "two")
+    dev = Device(alice, tmp_path / "d")
+    dev.sync()
+    old = time.time() - 10
+    for sub in ("cur", "new"):  # settled mtimes: the next sync records a trusted stamp
+        os.utime(dev.path("INBOX") / sub, (old, old))
+    dev.sync()
+    r = dev.sync()
+    assert r.folders["INBOX"].skipped and r.commands == 2  # ENABLE and LIST, nothing more
+    dev.set_flags("INBOX", "one", "F")  # a rename: cur's mtime moves on
+    r = dev.sync()
+    assert not r.folders["INBOX"].skipped and r.folders["INBOX"].flags_server == 1
+    assert other.messages()["INBOX"]["one"] == "F"
+    # Right after a sync (same tick as its stamp): the stamp was too fresh to be trusted,
+    # so a change made now, even if the mtime did not move, is still looked for.
+    dev.set_flags("INBOX", "two", "S")
+    r = dev.sync()
+    assert r.folders["INBOX"].flags_server == 1
+    d = dev.path("INBOX")
+    seen = {sub: (d / sub).stat().st_mtime_ns for sub in ("cur", "new")}  # as that sync saw them
+    dev.set_flags("INBOX", "two", "RS")
+    for sub, ns in seen.items():  # a coarse clock: the rename left the mtimes as they were
+        os.utime(d / sub, ns=(ns, ns))
+    r = dev.sync()
+    assert r.folders["INBOX"].flags_server == 1
+    assert other.messages()["INBOX"] == {"one": "F", "two": "RS"} == dev.messages()["INBOX"]
+
+
 # ---- deletions --------------------------------------------------------------------------------
 
 
