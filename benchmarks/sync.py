@@ -19,12 +19,16 @@ What it does, all on 127.0.0.1 in a temporary directory (removed at the end unle
    subprocess, interpreter start-up included, and the two tools alternate.
 5. Checks both Maildirs hold every message, and prints the figures (``--json FILE`` too).
 
+With ``--keep`` the directory is kept, and ``--reuse DIR`` times it again later (same server
+port, no filling, no initial sync: steps 3 to 5 only).
+
 Both tools fsync every message they write (postfach's default, mbsync's ``FSync yes``).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import random
@@ -79,9 +83,9 @@ def message(i: int) -> bytes:
 
 
 class Server:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = root
-        self.port = free_port()
+        self.port = port or free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFACH_")}
         self.env.update(POSTFACH_DATA=str(root / "data"), POSTFACH_IMAP=f"{HOST}:{self.port}")
         for name in ("SMTP", "LMTP", "SUBMISSION", "SUBMISSIONS", "POP3", "POP3S", "IMAPS",
@@ -93,10 +97,11 @@ class Server:
         subprocess.run([postfach_bin(), *args], env=self.env, input=stdin, text=True, check=True,
                        capture_output=True, timeout=120)  # fmt: skip
 
-    def start(self) -> None:
-        self.cli("domain", "add", DOMAIN)
-        for user in (OURS, THEIRS):
-            self.cli("user", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
+    def start(self, *, new: bool = True) -> None:
+        if new:
+            self.cli("domain", "add", DOMAIN)
+            for user in (OURS, THEIRS):
+                self.cli("user", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
         log = open(self.root / "server.log", "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen([postfach_bin(), "serve"], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -176,19 +181,29 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--reuse", type=Path, metavar="DIR",
+                    help="a directory kept by --keep: skip filling and the initial syncs "
+                         "(--messages must match); kept")  # fmt: skip
     args = ap.parse_args()
     mbsync = shutil.which("mbsync")
     if mbsync is None:
         print("mbsync (isync) is not installed", file=sys.stderr)
         return 2
-    root = Path(tempfile.mkdtemp(prefix="postfach-sync-bench."))
-    server = Server(root)
+    # Bytecode as an installed package has it (pip compiles at install; an editable install
+    # under PYTHONDONTWRITEBYTECODE would otherwise compile every module on every run).
+    compileall.compile_dir(REPO / "src" / "postfach", quiet=1)
+    root = args.reuse or Path(tempfile.mkdtemp(prefix="postfach-sync-bench."))
+    # --reuse: the same port, which both tools' states are tied to
+    server = Server(root, int((root / "port").read_text()) if args.reuse else None)
+    (root / "port").write_text(f"{server.port}\n")
     results: dict[str, object] = {"messages": args.messages, "changed": args.changed}
     try:
-        server.start()
-        say(f"filling two accounts with {args.messages} messages each")
-        t = timed(lambda: (fill(server, OURS, args.messages), fill(server, THEIRS, args.messages)))
-        say(f"filled in {t:.0f} s")
+        server.start(new=args.reuse is None)
+        if args.reuse is None:
+            say(f"filling two accounts with {args.messages} messages each")
+            t = timed(lambda: (fill(server, OURS, args.messages),
+                               fill(server, THEIRS, args.messages)))  # fmt: skip
+            say(f"filled in {t:.0f} s")
 
         ours_md, theirs_md = root / "ours", root / "theirs"
         pw = root / "pw"
@@ -199,7 +214,7 @@ def main() -> int:
             f'[account.bench]\nhost = "{HOST}"\nport = {server.port}\ntls = "none"\n'
             f'user = "{OURS}"\npassword_file = "{pw}"\nmaildir = "{ours_md}"\n'
         )
-        theirs_md.mkdir()
+        theirs_md.mkdir(exist_ok=True)
         rc = root / "mbsyncrc"
         rc.write_text(
             f"IMAPAccount bench\nHost {HOST}\nPort {server.port}\nUser {THEIRS}\n"
@@ -227,12 +242,12 @@ def main() -> int:
                  "mbsync": run_theirs}  # fmt: skip
         figures: dict[str, dict[str, float]] = {name: {} for name in tools}
         for name, run in tools.items():
-            if name == MODULE:
-                continue  # the same Maildir as "postfach sync"
+            if name == MODULE or args.reuse is not None:
+                figures[name]["initial sync"] = float("nan")
+                continue  # the same Maildir as "postfach sync"; or synced before (--reuse)
             t = timed(run)
             figures[name]["initial sync"] = t
             say(f"{name}: initial sync {t:.1f} s")
-        figures[MODULE]["initial sync"] = float("nan")
 
         def settle() -> None:
             time.sleep(2.5)  # let the Maildir mtimes age (postfach trusts only settled ones)
@@ -292,7 +307,7 @@ def main() -> int:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
         server.stop()
-        if args.keep:
+        if args.keep or args.reuse is not None:
             say(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,3 +1,3 @@
-from postfach.cli.main import main
+from postfach.cli.launch import main
 
 main()

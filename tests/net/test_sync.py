@@ -10,6 +10,7 @@ import email
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -325,6 +326,40 @@ def test_uploads_without_uidplus_are_paired_not_downloaded_again(
     dev.sync()
     dev.sync()
     assert dev.messages()["INBOX"] == {"written offline": ""} == other.messages()["INBOX"]
+
+
+def test_unchanged_folder_is_skipped_but_a_flag_rename_or_a_same_tick_change_is_found(
+    alice: RunningServer, other: Other, tmp_path: Path
+) -> None:
+    """The nothing-changed skip (same ``cur``/``new`` mtimes as recorded) never hides a change:
+    a flag set by renaming a file after the stamp was taken, and a change made in the same
+    clock tick as the sync that would have recorded the stamp (that stamp is not trusted)."""
+    deliver(alice, "one", "two")
+    dev = Device(alice, tmp_path / "d")
+    dev.sync()
+    old = time.time() - 10
+    for sub in ("cur", "new"):  # settled mtimes: the next sync records a trusted stamp
+        os.utime(dev.path("INBOX") / sub, (old, old))
+    dev.sync()
+    r = dev.sync()
+    assert r.folders["INBOX"].skipped and r.commands == 2  # ENABLE and LIST, nothing more
+    dev.set_flags("INBOX", "one", "F")  # a rename: cur's mtime moves on
+    r = dev.sync()
+    assert not r.folders["INBOX"].skipped and r.folders["INBOX"].flags_server == 1
+    assert other.messages()["INBOX"]["one"] == "F"
+    # Right after a sync (same tick as its stamp): the stamp was too fresh to be trusted,
+    # so a change made now, even if the mtime did not move, is still looked for.
+    dev.set_flags("INBOX", "two", "S")
+    r = dev.sync()
+    assert r.folders["INBOX"].flags_server == 1
+    d = dev.path("INBOX")
+    seen = {sub: (d / sub).stat().st_mtime_ns for sub in ("cur", "new")}  # as that sync saw them
+    dev.set_flags("INBOX", "two", "RS")
+    for sub, ns in seen.items():  # a coarse clock: the rename left the mtimes as they were
+        os.utime(d / sub, ns=(ns, ns))
+    r = dev.sync()
+    assert r.folders["INBOX"].flags_server == 1
+    assert other.messages()["INBOX"] == {"one": "F", "two": "RS"} == dev.messages()["INBOX"]
 
 
 # ---- deletions --------------------------------------------------------------------------------
@@ -724,6 +759,55 @@ def test_cli_sync(alice: RunningServer, tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("SHA256:", "SHA256:00"))
     res = runner.invoke(cli, ["sync", "--config", str(cfg)])
     assert res.exit_code == 1 and "fingerprint" in res.output
+
+
+def test_postfach_sync_command_starts_without_the_admin_cli(
+    alice: RunningServer, tmp_path: Path
+) -> None:
+    """``postfach sync`` as a process (the fast entry point): output flushed despite the quick
+    exit, exit status kept, umask 077, and the admin CLI (server, store, rich) never imported."""
+    deliver(alice, "via the command")
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    pw.chmod(0o600)
+    cfg = tmp_path / "sync.toml"
+    cfg.write_text(
+        f'[account.home]\nhost = "127.0.0.1"\nport = {alice.port("imap")}\ntls = "none"\n'
+        f'user = "{ALICE}"\npassword_file = "{pw}"\nmaildir = "{tmp_path / "Mail"}"\n'
+    )
+    probe = (  # `postfach ARGS`, then which heavy modules were loaded (at either way out)
+        "import os, runpy, sys\n"
+        "def loaded():\n"
+        "    print('loaded:', sorted(m for m in sys.modules if m.startswith(('postfach.store',"
+        " 'postfach.cli.main', 'rich'))), file=sys.stderr, flush=True)\n"
+        "real_exit = os._exit\n"
+        "os._exit = lambda code: (loaded(), real_exit(code))\n"
+        "sys.argv = ['postfach', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('postfach', run_name='__main__')\n"
+        "finally:\n    loaded()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFACH_")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                              text=True, env=env, timeout=60)  # fmt: skip
+
+    res = run("sync", "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert "1 downloaded" in res.stdout
+    assert len(list((tmp_path / "Mail" / "new").iterdir())) == 1
+    assert (tmp_path / "Mail.postfach-sync.db").stat().st_mode & 0o077 == 0
+    assert "loaded: []" in res.stderr
+    res = run("sync", "--config", str(tmp_path / "missing.toml"))
+    assert res.returncode == 1
+    assert res.stderr.startswith("postfach: error: no config file")
+    res = run("sync", "--help")
+    assert res.returncode == 0 and res.stdout.startswith("Usage: postfach sync")
+    # With a global option first, the admin CLI runs the same command.
+    res = run("--data", str(tmp_path / "data"), "sync", "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert "0 downloaded" in res.stdout
+    assert "postfach.cli.main" in res.stderr
 
 
 # ---- the same result as mbsync ------------------------------------------------------------------

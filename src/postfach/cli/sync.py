@@ -10,7 +10,6 @@ import dataclasses
 import fcntl
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from postfach.client.config import parse_fingerprint
+from postfach.client.credentials import parse_fingerprint
 from postfach.client.errors import FetchConfigError
 from postfach.client.imap import ImapClient, ImapError
 from postfach.client.parse import ProtocolError
@@ -79,6 +78,8 @@ def read_password(account: SyncAccount) -> str:
     """``password_command``'s first output line, or ``password_file``'s first line (the file
     must not be readable by group or others) — as ``postfach fetch`` does."""
     if account.password_command is not None:
+        import subprocess  # only here: most runs read a file (and start-up is most of a run)
+
         cmd = account.password_command
         try:
             out = subprocess.run(

@@ -30,14 +30,13 @@ caller expands ``~``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from postfach.client.credentials import format_fingerprint, parse_fingerprint, secrets_and_pin
 from postfach.client.errors import FetchConfigError
 from postfach.client.policy import Policy
 from postfach.quota import parse_size
@@ -48,6 +47,7 @@ __all__ = [
     "format_fingerprint",
     "parse_config",
     "parse_fingerprint",
+    "secrets_and_pin",
 ]
 
 TLS_MODES: Final = ("tls", "starttls", "none")
@@ -98,34 +98,6 @@ class FetchConfig:
                 return a
         known = ", ".join(a.name for a in self.accounts) or "none"
         raise FetchConfigError(f"no account {name!r} in the config (accounts: {known})")
-
-
-# ---- fingerprints ---------------------------------------------------------------------------
-
-
-def parse_fingerprint(text: str) -> bytes:
-    """``SHA256:AB:CD:...`` (what ``postfach`` prints), bare hex with or without colons, or
-    ``SHA256:`` + base64 as OpenSSH shows it -> the 32-octet digest."""
-    t = text.strip()
-    if t[:7].upper() == "SHA256:":
-        t = t[7:]
-    hexdigits = t.replace(":", "").replace(" ", "")
-    if re.fullmatch(r"[0-9A-Fa-f]{64}", hexdigits):
-        return bytes.fromhex(hexdigits)
-    if re.fullmatch(r"[A-Za-z0-9+/]{43}=?", t):
-        try:
-            digest = base64.b64decode(t.rstrip("=") + "=", validate=True)
-        except binascii.Error:
-            digest = b""
-        if len(digest) == 32:
-            return digest
-    raise FetchConfigError(
-        f"not a SHA-256 fingerprint: {text!r} (use SHA256: and 64 hex digits, as postfach prints)"
-    )
-
-
-def format_fingerprint(digest: bytes) -> str:
-    return "SHA256:" + digest.hex(":").upper()
 
 
 # ---- the file -------------------------------------------------------------------------------
@@ -236,36 +208,3 @@ def _account(name: str, v: Mapping[str, Any], where: str) -> AccountConfig:
         warn_after_runs=integer("warn_after_runs", 5, 0, 1000), server_quota=quota,
         timeout=float(timeout),
     )  # fmt: skip
-
-
-def secrets_and_pin(
-    v: Mapping[str, Any],
-    string: Callable[[str], str | None],
-    where: str,
-    tls: object,
-) -> tuple[str | tuple[str, ...] | None, str | None, bytes | None]:
-    """``password_command`` or ``password_file`` (exactly one), and the ``fingerprint`` pin.
-
-    Shared by ``fetch.toml`` and ``sync.toml``; raises FetchConfigError naming ``where``.
-    """
-    command: str | tuple[str, ...] | None
-    raw = v.get("password_command")
-    if isinstance(raw, list):
-        if not raw or not all(isinstance(a, str) and a for a in raw):
-            raise FetchConfigError(f"{where}: password_command must be a string or a list")
-        command = tuple(raw)
-    else:
-        command = string("password_command") if raw is not None else None
-    password_file = string("password_file")
-    if (command is None) == (password_file is None):
-        raise FetchConfigError(f"{where}: set exactly one of password_command or password_file")
-    fp_text = string("fingerprint")
-    fingerprint = None
-    if fp_text is not None:
-        try:
-            fingerprint = parse_fingerprint(fp_text)
-        except FetchConfigError as exc:
-            raise FetchConfigError(f"{where}: {exc}") from None
-    if tls == "none" and (fingerprint is not None or "ca_file" in v):
-        raise FetchConfigError(f'{where}: fingerprint and ca_file need tls = "tls" or "starttls"')
-    return command, password_file, fingerprint

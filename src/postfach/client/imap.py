@@ -24,7 +24,6 @@ import hmac
 import logging
 import re
 import socket
-import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -187,6 +186,8 @@ class ImapClient:
             self.capability()
 
     def _wrap(self) -> None:
+        import ssl  # here: a plaintext connection (a local server, a tunnel) need not load it
+
         assert self._sock is not None
         if self.fingerprint is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

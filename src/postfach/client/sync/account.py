@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from postfach.client.config import secrets_and_pin
+from postfach.client.credentials import secrets_and_pin
 from postfach.client.errors import FetchConfigError
 
 __all__ = ["SyncAccount", "SyncConfig", "SyncConfigError", "default_state_path", "parse_config"]

@@ -85,8 +85,10 @@ from postfach.client.sync.plan import (
     plan_messages,
 )
 from postfach.client.sync.state import FolderRow, SyncState, flags_from_text
-from postfach.imap.response import format_date_time, parse_date_time
-from postfach.imap.sequence import format_sequence_set, parse_sequence_set
+
+# `postfach.imap.sequence` and `postfach.imap.response` (the server's IMAP syntax: dozens of
+# dataclasses, datetime) are imported by the functions that use them, when a folder has changes:
+# a resync with nothing changed never needs them (the process's start-up is most of its cost).
 
 __all__ = [
     "FolderReport",
@@ -179,10 +181,14 @@ def _chunks(values: Sequence[int], size: int = UIDS_PER_COMMAND) -> Iterable[lis
 
 
 def _uid_set(values: Iterable[int]) -> bytes:
+    from postfach.imap.sequence import format_sequence_set
+
     return format_sequence_set(values).encode("ascii")
 
 
 def _expand(text: str) -> list[int]:
+    from postfach.imap.sequence import parse_sequence_set
+
     seq = parse_sequence_set(text, allow_star=False, allow_saved=False)
     out: list[int] = []
     for a, b in seq.ranges:
@@ -854,6 +860,8 @@ class _Folder:
         return new
 
     def _uploads(self, ups: list[Upload]) -> bool:
+        from postfach.imap.response import format_date_time
+
         c = self.c
         multi = c.has("MULTIAPPEND")
         batch: list[tuple[Upload, bytes, int]] = []
@@ -929,6 +937,8 @@ class _Folder:
     def _downloads(self, downs: list[Download]) -> None:
         """Fetch, write to ``tmp`` and fsync (in a few threads: fsyncs of different files
         overlap), move into place, fsync the directories, then record; batch by batch."""
+        from postfach.imap.response import parse_date_time
+
         flags = {a.uid: a.flags for a in downs}
         uids = sorted(flags)
         size = max(1, self.s.options.batch)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import secrets
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -65,7 +63,7 @@ def new_unique() -> str:
     now = time.time_ns()
     return (
         f"{now // 1_000_000_000}.M{(now // 1000) % 1_000_000}P{os.getpid()}"
-        f"Q{next(_counter)}R{secrets.token_hex(4)}.{_host()}"
+        f"Q{next(_counter)}R{os.urandom(4).hex()}.{_host()}"
     )
 
 
@@ -154,7 +152,7 @@ class MaildirFolder:
         return text or None
 
     def write_id(self) -> str:
-        value = secrets.token_hex(12)
+        value = os.urandom(12).hex()
         tmp = self.path / "tmp" / f"{ID_FILE}.{os.getpid()}"
         tmp.write_text(value + "\n", "ascii")
         if self.fsync:
@@ -335,6 +333,8 @@ class Maildir:
         os.rename(path, trash)
         if self.fsync:
             _fsync_dir(self.root)
+        import shutil  # rarely needed; not loaded by every run
+
         shutil.rmtree(trash, ignore_errors=True)
 
     def walk_files(self, name: str) -> Iterator[str]:
