@@ -281,7 +281,9 @@ class StreamConnection(asyncio.Protocol):
                 return
         await self._run()
 
-    async def _start_implicit_tls(self) -> None:
+    async def _tls_handshake(self) -> asyncio.Transport:
+        """The TLS handshake on this connection (implicit TLS, STLS, STARTTLS); the new
+        transport becomes the connection's."""
         listener, transport = self._listener, self._transport
         assert listener.ssl_context is not None and transport is not None
         new_transport = await self._loop.start_tls(
@@ -296,6 +298,10 @@ class StreamConnection(asyncio.Protocol):
         self._transport = new_transport
         new_transport.set_write_buffer_limits(high=self.write_high_water)
         self._reading_paused = False
+        return new_transport
+
+    async def _start_implicit_tls(self) -> None:
+        await self._tls_handshake()
 
     def _read_timeout(self, idle: float, buffered: int) -> tuple[float, bool]:
         """How long the next read may wait, and whether that is a started command's deadline
@@ -318,21 +324,8 @@ class StreamConnection(asyncio.Protocol):
     async def upgrade_tls(self) -> None:
         """STLS/STARTTLS after the positive reply. Must not yield before ``loop.start_tls``."""
         listener = self._listener
-        ctx, transport = listener.ssl_context, self._transport
-        assert ctx is not None and transport is not None
         self._inbuf.clear()  # plaintext pipelined after the command: injection attempt or junk
-        new_transport = await self._loop.start_tls(
-            transport,
-            self,
-            ctx,
-            server_side=True,
-            ssl_handshake_timeout=listener._handshake_timeout(),
-        )
-        if new_transport is None:  # pragma: no cover - only on a closed transport
-            raise ConnectionResetError("connection closed during TLS handshake")
-        self._transport = new_transport
-        new_transport.set_write_buffer_limits(high=self.write_high_water)
-        self._reading_paused = False
+        new_transport = await self._tls_handshake()
         if self._stopping:  # STARTTLS was among the last commands received before the stop
             new_transport.pause_reading()
         # Keep _inbuf: it can already hold the client's first command sent over TLS together

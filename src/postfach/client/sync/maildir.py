@@ -122,15 +122,19 @@ class MaildirFolder:
         return frozenset(out)
 
     def _write_keywords(self, table: Keywords) -> None:
-        tmp = self.path / "tmp" / f"{KEYWORD_FILE}.{os.getpid()}"
-        tmp.write_text(table.format(), "utf-8")
+        self._replace_file(KEYWORD_FILE, table.format().encode("utf-8"))
+
+    def _replace_file(self, name: str, content: bytes) -> None:
+        """Write a small file of the folder atomically (by way of ``tmp/``), fsynced if asked."""
+        tmp = self.path / "tmp" / f"{name}.{os.getpid()}"
+        tmp.write_bytes(content)
         if self.fsync:
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(tmp, self.path / KEYWORD_FILE)
+        os.replace(tmp, self.path / name)
         if self.fsync:
             _fsync_dir(self.path)
 
@@ -153,17 +157,7 @@ class MaildirFolder:
 
     def write_id(self) -> str:
         value = os.urandom(12).hex()
-        tmp = self.path / "tmp" / f"{ID_FILE}.{os.getpid()}"
-        tmp.write_text(value + "\n", "ascii")
-        if self.fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, self.path / ID_FILE)
-        if self.fsync:
-            _fsync_dir(self.path)
+        self._replace_file(ID_FILE, (value + "\n").encode("ascii"))
         return value
 
     def stamp(self) -> tuple[str | None, int]:
