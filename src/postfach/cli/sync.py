@@ -22,6 +22,7 @@ from postfach.client.credentials import parse_fingerprint
 from postfach.client.errors import FetchConfigError
 from postfach.client.imap import ImapClient, ImapError
 from postfach.client.parse import ProtocolError
+from postfach.client.password import read_password as shared_read_password
 from postfach.client.sync.account import (
     SyncAccount,
     SyncConfig,
@@ -75,38 +76,8 @@ def load_config(config_file: Path | None) -> SyncConfig:
 
 
 def read_password(account: SyncAccount) -> str:
-    """``password_command``'s first output line, or ``password_file``'s first line (the file
-    must not be readable by group or others) — as ``postfach fetch`` does."""
-    if account.password_command is not None:
-        import subprocess  # only here: most runs read a file (and start-up is most of a run)
-
-        cmd = account.password_command
-        try:
-            out = subprocess.run(
-                list(cmd) if isinstance(cmd, tuple) else ["/bin/sh", "-c", cmd],
-                capture_output=True,
-                timeout=120,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SyncError(f"password_command failed: {exc}") from None
-        if out.returncode != 0:
-            raise SyncError(f"password_command exited with status {out.returncode}")
-        text = out.stdout.decode("utf-8", "replace")
-    else:
-        assert account.password_file is not None
-        path = expand(account.password_file)
-        try:
-            if path.stat().st_mode & 0o077:
-                raise SyncError(f"password_file {path} is readable by others; chmod 600 it")
-            text = path.read_text("utf-8")
-        except OSError as exc:
-            raise SyncError(f"cannot read password_file {path}: {exc.strerror}") from None
-    password = text.splitlines()[0] if text else ""
-    if not password:
-        raise SyncError("the password is empty")
-    return password
+    """``password_command`` or ``password_file``, as ``postfach fetch`` reads them."""
+    return shared_read_password(account.password_command, account.password_file, expand, SyncError)
 
 
 def connect(account: SyncAccount, password: str, ignore: tuple[str, ...] = ()) -> ImapClient:

@@ -24,7 +24,6 @@ import hmac
 import os
 import socket
 import ssl
-import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from typing import Protocol
 
 from postfach.client.config import AccountConfig, format_fingerprint
 from postfach.client.errors import FetchError, Pop3ProtocolError, Pop3ServerError
+from postfach.client.password import read_password as shared_read_password
 from postfach.client.policy import (
     Plan,
     Policy,
@@ -107,43 +107,8 @@ class FetchReport:
 
 
 def read_password(account: AccountConfig, expand: Callable[[str], Path]) -> str:
-    """From ``password_command`` (its first output line) or ``password_file`` (its first
-    line; the file must not be readable by group or others)."""
-    if account.password_command is not None:
-        cmd = account.password_command
-        try:
-            out = subprocess.run(
-                cmd if isinstance(cmd, tuple) else ["/bin/sh", "-c", cmd],
-                capture_output=True,
-                timeout=120,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise FetchError(f"password_command failed: {exc}") from None
-        if out.returncode != 0:
-            detail = out.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise FetchError(
-                f"password_command exited with status {out.returncode}"
-                + (f": {detail[0]}" if detail else "")
-            )
-        text = out.stdout.decode("utf-8", "replace")
-        source = "password_command"
-    else:
-        assert account.password_file is not None
-        path = expand(account.password_file)
-        try:
-            st = path.stat()
-            if st.st_mode & 0o077:
-                raise FetchError(f"password_file {path} is readable by others; chmod 600 it")
-            text = path.read_text("utf-8")
-        except OSError as exc:
-            raise FetchError(f"cannot read password_file {path}: {exc.strerror}") from None
-        source = "password_file"
-    password = text.splitlines()[0] if text else ""
-    if not password:
-        raise FetchError(f"{source} gave an empty password")
-    return password
+    """From ``password_command`` or ``password_file`` (`postfach.client.password`)."""
+    return shared_read_password(account.password_command, account.password_file, expand, FetchError)
 
 
 # ---- the connection -------------------------------------------------------------------------
