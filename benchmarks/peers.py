@@ -174,7 +174,9 @@ class Postfix:
             "queue durability": "default (cleanup fsyncs the queue file before 250)",
         }
 
-    def main_cf(self) -> str:
+    def main_cf_head(self, hostname: str) -> str:
+        """What every private Postfix of the benchmarks sets first: its own directories,
+        loopback only, and its name."""
         r = self.root
         return f"""\
 compatibility_level = 3.6
@@ -184,7 +186,14 @@ mail_owner = postfix
 setgid_group = postdrop
 inet_interfaces = {HOST}
 inet_protocols = ipv4
-myhostname = postfix.bench.localdomain
+myhostname = {hostname}
+"""
+
+    def main_cf(self) -> str:
+        r = self.root
+        return (
+            self.main_cf_head("postfix.bench.localdomain")
+            + f"""\
 mydomain = bench.localdomain
 myorigin = $myhostname
 mydestination =
@@ -202,6 +211,7 @@ biff = no
 maillog_file_prefixes = {r}
 maillog_file = {r}/maillog
 """
+        )
 
     def master_cf(self) -> str:
         services = [

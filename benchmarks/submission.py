@@ -146,15 +146,9 @@ class PostfixSink(Postfix):
 
     def main_cf(self) -> str:
         r = self.root
-        return f"""\
-compatibility_level = 3.6
-queue_directory = {r}/spool
-data_directory = {r}/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = {HOST}
-inet_protocols = ipv4
-myhostname = sink.bench.localdomain
+        return (
+            self.main_cf_head("sink.bench.localdomain")
+            + f"""\
 mydestination =
 mynetworks = 127.0.0.0/8
 relay_domains = {REMOTE}
@@ -168,6 +162,7 @@ biff = no
 maillog_file_prefixes = {r}
 maillog_file = {r}/maillog
 """
+        )
 
     def count(self) -> int:
         """Messages the discard agent has taken (``status=sent`` lines), read incrementally."""
@@ -226,15 +221,9 @@ class PostfixRelay(Postfix):
 
     def main_cf(self) -> str:
         r = self.root
-        return f"""\
-compatibility_level = 3.6
-queue_directory = {r}/spool
-data_directory = {r}/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = {HOST}
-inet_protocols = ipv4
-myhostname = relay.bench.localdomain
+        return (
+            self.main_cf_head("relay.bench.localdomain")
+            + f"""\
 mydomain = bench.localdomain
 myorigin = $myhostname
 mydestination =
@@ -254,6 +243,7 @@ biff = no
 maillog_file_prefixes = {r}
 maillog_file = {r}/maillog
 """
+        )
 
     def master_cf(self) -> str:
         lines = super().master_cf().splitlines()
