@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -43,6 +44,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
 from postfach.mime.stored import load_parsed
 from postfach.mime.structure import parse, search_text
+from postfach.store import feed
 from postfach.store.api import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -62,6 +64,7 @@ from postfach.store.api import (
     MessagesExpunged,
     Publisher,
 )
+from postfach.store.locks import MaildropLocks
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +214,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP TABLE blobs;
     ALTER TABLE blobs_new RENAME TO blobs;
     """,
+    # 9: the change feed (`postfach.store.feed`): each group commit that changed something
+    # records its `Change` events here, in the same transaction, so that the other processes on
+    # this data directory (server workers, the admin commands) can tell their sessions.
+    # AUTOINCREMENT: a sequence number is never reused, even after pruning.
+    """
+    CREATE TABLE IF NOT EXISTS change_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        origin INTEGER NOT NULL,
+        at REAL NOT NULL,
+        payload BLOB NOT NULL
+    );
+    """,
 )
 
 
@@ -338,6 +353,12 @@ class SqliteMailstore:
         self.inline_max = inline_max
         self._batch_max = batch_max
         self._publish = publish
+        #: this instance's mark on its change feed rows (its follower skips them)
+        self.origin = secrets.randbits(63) or 1
+        self._feed: feed.Follower | None = None
+        self._next_prune = 0.0
+        #: POP3 maildrop locks, shared with every process on this data directory
+        self.maildrop_locks = MaildropLocks(self.directory / "locks" / "maildrop")
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
@@ -345,6 +366,10 @@ class SqliteMailstore:
         self._readers_lock = threading.Lock()
         wconn = _connect(self.db_path)
         self._migrate(wconn)
+        #: the schema has the change feed (a test may run an older schema's migrations only)
+        self._has_feed = bool(
+            wconn.execute("SELECT 1 FROM sqlite_master WHERE name='change_log'").fetchone()
+        )
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
         self._writer = threading.Thread(
@@ -361,11 +386,44 @@ class SqliteMailstore:
                 target=self._indexer_loop, name="postfach-indexer", daemon=True
             )
             self._indexer.start()
+        if publish is not None:
+            self._follow()
 
     # ---- plumbing -----------------------------------------------------------------------------
 
     def set_publisher(self, publish: Publisher | None) -> None:
+        """Where the changes go: this store's own commits' (from the writer thread, after each
+        COMMIT), and from the first call with a publisher on, those other processes commit to
+        the same data directory (from the change feed's thread, `postfach.store.feed`)."""
         self._publish = publish
+        if publish is not None:
+            self._follow()
+
+    def _follow(self) -> None:
+        if self._feed is None and not self._closed and self._has_feed:
+            self._feed = feed.Follower(self.db_path, self.origin, self._publish_foreign)
+
+    def try_lock_maildrop(self, account_id: int) -> bool:
+        """RFC 1939 §8: exclusive access to the account's maildrop, across processes; False
+        while another session (of this process or another) holds it (`postfach.store.locks`)."""
+        return self.maildrop_locks.try_lock(account_id)
+
+    def unlock_maildrop(self, account_id: int) -> None:
+        self.maildrop_locks.unlock(account_id)
+
+    def _publish_foreign(self, changes: list[Change]) -> None:
+        publish = self._publish
+        if publish is not None:
+            publish(changes)
+
+    def _record_changes(self, conn: sqlite3.Connection, changes: list[Change]) -> None:
+        """The group's changes into the change feed, inside its transaction; old rows pruned
+        now and then (`postfach.store.feed`)."""
+        feed.record(conn, self.origin, changes)
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + feed.PRUNE_EVERY
+            feed.prune(conn, time.time())
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -493,6 +551,8 @@ class SqliteMailstore:
                 self._abandon(conn, batch, ops, exc)
                 return
         try:
+            if batch.changes and self._has_feed:
+                self._record_changes(conn, batch.changes)
             for d in batch.fsync_dirs:
                 _fsync_dir(d)
             conn.execute("COMMIT")
@@ -589,8 +649,11 @@ class SqliteMailstore:
         if self._indexer is not None:
             self._indexer.join(timeout=30)
         self._closed = True
+        if self._feed is not None:
+            self._feed.stop()
         self._queue.put(None)
         self._writer.join(timeout=30)
+        self.maildrop_locks.release_all()
         with self._readers_lock:
             for c in self._readers:
                 with contextlib.suppress(sqlite3.Error):
