@@ -16,6 +16,7 @@ from test_imap import Raw
 from postfach.auth.passwords import hash_password
 from postfach.store import feed
 from postfach.store.api import Flag
+from postfach.store.sqlite import SqliteMailstore
 from support import PASSWORD, RunningServer, message, start_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -164,7 +165,8 @@ def test_listing_cache_is_checked_against_the_database(
     holder.until(b"s")
     follower = one.store._feed
     assert follower is not None
-    with follower._lock:  # worker one hears nothing meanwhile
+    with follower._lock:  # worker one hears nothing meanwhile: its thread is held ...
+        one.store._feed = None  # ... and its commands do not look at the feed
         acc = two.store.get_account(ALICE)
         assert acc is not None
         box = two.store.get_mailbox(acc.id, "INBOX")
@@ -173,9 +175,38 @@ def test_listing_cache_is_checked_against_the_database(
         fresh = login(one)
         fresh.send(b"s SELECT INBOX\r\nf FETCH 1 (FLAGS)\r\n")
         lines = fresh.until(b"f")
+        one.store._feed = follower
     assert b"* 1 FETCH (FLAGS (\\Flagged))" in lines
     holder.close()
     fresh.close()
+
+
+def test_a_command_hears_what_the_other_worker_committed_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read-your-writes across workers: a client's STORE answered by worker two, then NOOP on
+    its session with worker one shows the new flags, without waiting for a feed poll."""
+    monkeypatch.setattr(SqliteMailstore, "feed_interval", 3600.0)  # the polls never come
+    one = start_server(tmp_path / "data")
+    two = start_server(tmp_path / "data")
+    try:
+        one.add_user(ALICE)
+        one.send([ALICE], message("flag me"))
+        watcher = login(one)
+        watcher.send(b"s SELECT INBOX\r\n")
+        watcher.until(b"s")
+        other = login(two)
+        other.send(b"s SELECT INBOX\r\nt STORE 1 +FLAGS (\\Answered)\r\n")
+        assert other.until(b"t")[-1].startswith(b"t OK")
+        two.send([ALICE], message("new"))
+        watcher.send(b"n NOOP\r\n")
+        lines = watcher.until(b"n")
+        assert lines[:2] == [b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Answered))", b"* 2 EXISTS"]
+        watcher.close()
+        other.close()
+    finally:
+        two.stop()
+        one.stop()
 
 
 def test_password_changed_elsewhere_takes_effect_at_once(

@@ -262,3 +262,48 @@ def test_maildrop_lock_holds_across_store_instances(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_changes_of_another_process_committed_first_are_published_first(
+    pair: tuple[SqliteMailstore, SqliteMailstore, Heard],
+) -> None:
+    """A's delivery commits before B's own; B's follower has not read it yet when B's writer
+    publishes its own: B's writer publishes A's first, so UIDs of a mailbox arrive ascending
+    (an IMAP view takes a MessageAdded below a UID it knows for a stale one)."""
+    a, b, heard = pair
+    acc = a.add_account("alice@example.org", "h")
+    follower = b._feed
+    assert follower is not None
+    result: list[MessageAdded] = []
+    with follower._lock:  # B's follower thread stands still
+        first = deliver(a, acc.id, b"Subject: from A\r\n\r\n.")
+        t = threading.Thread(
+            target=lambda: result.append(deliver(b, acc.id, b"Subject: B\r\n\r\n."))
+        )
+        t.start()
+        time.sleep(0.2)  # B's writer has committed and waits to publish
+    t.join()
+    assert (first.uid, result[0].uid) == (1, 2)
+    heard.wait_for(lambda cs: len(cs) >= 2)
+    assert [c.uid for c in heard.of(MessageAdded) if isinstance(c, MessageAdded)] == [1, 2]
+
+
+def test_sync_feed_publishes_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a session calls before each command: no waiting for the follower's next tick."""
+    monkeypatch.setattr(SqliteMailstore, "feed_interval", 3600.0)  # the thread never looks
+    a = SqliteMailstore(tmp_path / "d", index_text=False)
+    heard = Heard()
+    b = SqliteMailstore(tmp_path / "d", index_text=False, publish=heard)
+    try:
+        a.add_domain("example.org")
+        acc = a.add_account("alice@example.org", "h")
+        sent = deliver(a, acc.id, b"Subject: x\r\n\r\n.")
+        time.sleep(0.2)
+        assert heard.changes == []
+        b.sync_feed()
+        assert heard.changes == [sent]
+        b.sync_feed()  # nothing new: nothing published
+        assert heard.calls == 1
+    finally:
+        b.close()
+        a.close()

@@ -648,6 +648,11 @@ class ImapSession:
                     "CLIENTBUG", f"{_command_name(cmd)} not allowed in {self._state.value} state"
                 )
             if self._state in (State.AUTHENTICATED, State.SELECTED) and type(cmd) is not c.Logout:
+                # Hear first what other processes committed before this command arrived (the
+                # store's change feed), so that no command misses a change another worker's
+                # client was already told of.
+                self._store.sync_feed()
+                await self._backend.hub.settled()
                 self._account()  # an administrator deleted the account meanwhile: BYE
             result = await getattr(self, _HANDLERS[type(cmd)])(cmd)
         except ImapResult as exc:

@@ -34,7 +34,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -145,12 +145,15 @@ def decode(payload: bytes) -> list[Change]:
 # ---- the writer's side -----------------------------------------------------------------------
 
 
-def record(conn: sqlite3.Connection, origin: int, changes: Sequence[Change]) -> None:
-    """One row for the changes of the group commit in progress (call inside its transaction)."""
-    conn.execute(
+def record(conn: sqlite3.Connection, origin: int, changes: Sequence[Change]) -> int:
+    """One row for the changes of the group commit in progress (call inside its transaction);
+    its ``seq``."""
+    cur = conn.execute(
         "INSERT INTO change_log(origin, at, payload) VALUES (?, ?, ?)",
         (origin, time.time(), encode(changes)),
     )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
 
 
 def prune(
@@ -176,16 +179,17 @@ def prune(
 # ---- the reader's side -----------------------------------------------------------------------
 
 
-def _rows(conn: sqlite3.Connection, origin: int, after: int) -> Iterator[tuple[int, Any]]:
-    yield from conn.execute(
-        "SELECT seq, CASE WHEN origin = ? THEN NULL ELSE payload END FROM change_log"
-        " WHERE seq > ? ORDER BY seq",
-        (origin, after),
-    )
-
-
 class Follower:
-    """Publishes the changes other processes commit (see the module docstring)."""
+    """Publishes the changes other processes commit, and this store's own, in commit order
+    (see the module docstring).
+
+    Everything a process publishes goes through here, under one lock, in ``seq`` order: the
+    writer hands its own commit's changes to `publish_own` (which first publishes the rows of
+    other processes committed before it), and the polls (`poll`: the follower's thread, and
+    `postfach.store.sqlite.SqliteMailstore.sync_feed` on the event loop) stop before a row of
+    their own origin the writer has not published yet. A session therefore hears of the
+    messages of a mailbox in UID order, whichever process added them (`postfach.imap.view`
+    takes a MessageAdded below a UID it already knows for a stale one)."""
 
     def __init__(
         self,
@@ -203,7 +207,7 @@ class Follower:
         self._conn.execute("PRAGMA busy_timeout=0")
         self._conn.execute("PRAGMA query_only=ON")
         (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM change_log").fetchone()
-        #: the last row seen
+        #: the last row published
         self.last = int(last)
         self._version = -1
         self._failing = False
@@ -212,47 +216,85 @@ class Follower:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            while not self._stop.wait(self._interval):
+        while not self._stop.wait(self._interval):
+            try:
                 self.poll()
-        finally:
+            except Exception:
+                log.exception("event=change_feed_failed")
+        with self._lock:
             self._conn.close()
 
     def poll(self) -> None:
-        """Publish what other processes committed since the last poll (the follower's thread)."""
+        """Publish what other processes committed since the last row published. Cheap when
+        nothing was committed: one ``PRAGMA data_version``. Any thread (the event loop too:
+        it never waits for a database lock)."""
         with self._lock:
-            self._poll()
-
-    def _poll(self) -> None:
-        try:
-            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
-            if version == self._version:
+            if self._stop.is_set() and threading.current_thread() is not self._thread:
                 return
-            rows = list(_rows(self._conn, self._origin, self.last))
-            self._version = version  # only once read: a failed read is retried next tick
-        except sqlite3.Error as exc:
-            if not self._failing:
-                log.warning("event=change_feed_read_failed error=%r", exc)
-                self._failing = True
-            return
-        self._failing = False
-        if not rows:
-            return
+            try:
+                (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+                if version == self._version:
+                    return
+                changes, complete = self._collect(self._conn, None)
+                # Only once read, and not when stopped before an own row the writer is about
+                # to publish: the rows after it are read at the next poll.
+                self._version = version if complete else -1
+            except sqlite3.Error as exc:
+                if not self._failing:
+                    log.warning("event=change_feed_read_failed error=%r", exc)
+                    self._failing = True
+                return
+            self._failing = False
+            self._send(changes)
+
+    def publish_own(self, conn: sqlite3.Connection, seq: int, changes: list[Change]) -> None:
+        """The writer's commit recorded as row ``seq``: publish the rows of other processes
+        before it, then ``changes`` (``conn``: the writer's connection, after COMMIT)."""
+        with self._lock:
+            out: list[Change] = []
+            if seq > self.last + 1:
+                try:
+                    out, _complete = self._collect(conn, seq - 1)
+                except sqlite3.Error as exc:
+                    log.warning("event=change_feed_read_failed error=%r", exc)
+                    out = [ChangesLost(ALL_ACCOUNTS)]
+            out.extend(changes)
+            self.last = max(self.last, seq)
+            self._send(out)
+
+    def _collect(self, conn: sqlite3.Connection, upto: int | None) -> tuple[list[Change], bool]:
+        """Changes of the rows after ``last`` (up to ``upto``) of other origins, ``last``
+        moved past them; False when it stopped before an own row not yet published."""
+        sql = (
+            "SELECT seq, origin, CASE WHEN origin = ? THEN NULL ELSE payload END"
+            " FROM change_log WHERE seq > ?"
+        )
+        args: tuple[int, ...] = (self._origin, self.last)
+        if upto is not None:
+            sql += " AND seq <= ?"
+            args += (upto,)
+        rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
         changes: list[Change] = []
-        if rows[0][0] != self.last + 1:
+        if rows and rows[0][0] != self.last + 1:
             log.warning(
                 "event=change_feed_gap after=%d next=%d missed=%d",
                 self.last, rows[0][0], rows[0][0] - self.last - 1,
             )  # fmt: skip
             changes.append(ChangesLost(ALL_ACCOUNTS))
-        for seq, payload in rows:
-            if payload is not None:
-                try:
-                    changes.extend(decode(payload))
-                except FeedDecodeError as exc:
-                    log.warning("event=change_feed_unreadable seq=%d error=%s", seq, exc)
-                    changes.append(ChangesLost(ALL_ACCOUNTS))
-        self.last = rows[-1][0]
+        for seq, origin, payload in rows:
+            if origin == self._origin:
+                if upto is None:
+                    return changes, False  # the writer publishes it (publish_own), then on
+                continue
+            try:
+                changes.extend(decode(payload))
+            except FeedDecodeError as exc:
+                log.warning("event=change_feed_unreadable seq=%d error=%s", seq, exc)
+                changes.append(ChangesLost(ALL_ACCOUNTS))
+            self.last = seq
+        return changes, True
+
+    def _send(self, changes: list[Change]) -> None:
         if changes:
             try:
                 self._publish(changes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 
 from postfach.limits import SessionCounter
@@ -33,6 +34,9 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
         self._subs: dict[int, set[Subscriber]] = {}
+        self._queued = 0  # batches handed to the loop (under _queue_lock) ...
+        self._delivered = 0  # ... and dispatched there, in the same order
+        self._queue_lock = threading.Lock()
         #: logged-in IMAP and POP3 sessions per account (no limit until the app sets one)
         self.sessions = SessionCounter()
 
@@ -55,18 +59,30 @@ class Hub:
         return unsubscribe
 
     def publish(self, changes: list[Change]) -> None:
-        """Called from the writer thread after COMMIT (or from the loop itself)."""
+        """Called from the writer thread after COMMIT, from the change feed's thread, or from
+        the loop itself. Always dispatched later, on the loop, in the order published (also
+        when called on the loop: a batch must not overtake one still queued)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._dispatch(changes)
-        else:
-            loop.call_soon_threadsafe(self._dispatch, changes)
+        with self._queue_lock:
+            try:
+                loop.call_soon_threadsafe(self._deliver, changes)
+            except RuntimeError:  # closed meanwhile
+                return
+            self._queued += 1
+
+    def _deliver(self, changes: list[Change]) -> None:
+        self._delivered += 1
+        self._dispatch(changes)
+
+    async def settled(self) -> None:
+        """Return once every batch published before this call has been dispatched (on the
+        loop). A session calls it after `SqliteMailstore.sync_feed` before it runs a command,
+        so that it has heard of every change committed before the command arrived."""
+        target = self._queued
+        while self._delivered < target:
+            await asyncio.sleep(0)
 
     def recheck_accounts(self, exists: Callable[[int], bool]) -> None:
         """Tell the subscribers of every account that no longer exists (deleted by another

@@ -337,6 +337,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SqliteMailstore:
     """The Mailstore over SQLite (see module docstring for the concurrency rules)."""
 
+    #: seconds between two looks at the change feed (`postfach.store.feed`)
+    feed_interval: float = feed.INTERVAL
+
     def __init__(
         self,
         directory: Path,
@@ -401,7 +404,9 @@ class SqliteMailstore:
 
     def _follow(self) -> None:
         if self._feed is None and not self._closed and self._has_feed:
-            self._feed = feed.Follower(self.db_path, self.origin, self._publish_foreign)
+            self._feed = feed.Follower(
+                self.db_path, self.origin, self._publish_foreign, self.feed_interval
+            )
 
     def try_lock_maildrop(self, account_id: int) -> bool:
         """RFC 1939 §8: exclusive access to the account's maildrop, across processes; False
@@ -416,14 +421,33 @@ class SqliteMailstore:
         if publish is not None:
             publish(changes)
 
-    def _record_changes(self, conn: sqlite3.Connection, changes: list[Change]) -> None:
+    def _record_changes(self, conn: sqlite3.Connection, changes: list[Change]) -> int:
         """The group's changes into the change feed, inside its transaction; old rows pruned
-        now and then (`postfach.store.feed`)."""
-        feed.record(conn, self.origin, changes)
+        now and then (`postfach.store.feed`). The row's ``seq``."""
+        seq = feed.record(conn, self.origin, changes)
         now = time.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + feed.PRUNE_EVERY
             feed.prune(conn, time.time())
+        return seq
+
+    def _publish_own(self, conn: sqlite3.Connection, seq: int, changes: list[Change]) -> None:
+        """After COMMIT: through the follower when there is one (so that the changes other
+        processes committed before ours are published first), else straight to the publisher."""
+        follower = self._feed
+        if follower is not None and seq:
+            follower.publish_own(conn, seq, changes)
+        elif self._publish is not None:
+            self._publish(changes)
+
+    def sync_feed(self) -> None:
+        """Publish now what other processes have committed (the follower's thread does it
+        every `feed.INTERVAL` seconds): an IMAP session calls it, and then `Hub.settled`,
+        before each command, so a command never misses a change committed before it arrived,
+        whichever process made it. Costs one ``PRAGMA data_version`` when nothing changed."""
+        follower = self._feed
+        if follower is not None:
+            follower.poll()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -550,9 +574,10 @@ class SqliteMailstore:
             except BaseException as exc:  # the savepoint statements themselves failed
                 self._abandon(conn, batch, ops, exc)
                 return
+        seq = 0  # this commit's row in the change feed
         try:
             if batch.changes and self._has_feed:
-                self._record_changes(conn, batch.changes)
+                seq = self._record_changes(conn, batch.changes)
             for d in batch.fsync_dirs:
                 _fsync_dir(d)
             conn.execute("COMMIT")
@@ -566,9 +591,9 @@ class SqliteMailstore:
         if any(isinstance(c, MessageAdded) for c in batch.changes):
             self._last_added = time.monotonic()
             self._index_wakeup.set()
-        if batch.changes and self._publish is not None:
+        if batch.changes:
             try:
-                self._publish(batch.changes)
+                self._publish_own(conn, seq, batch.changes)
             except Exception:
                 log.exception("event=publish_failed")
         for op, result, error in outcomes:
