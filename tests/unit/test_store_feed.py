@@ -307,3 +307,27 @@ def test_sync_feed_publishes_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         b.close()
         a.close()
+
+
+def test_own_rows_published_before_the_follower_existed_do_not_stop_it(tmp_path: Path) -> None:
+    """Rows of its own origin that no writer will hand it (committed before it started) are
+    skipped, not waited for: the other process's rows after them are still published."""
+    a = SqliteMailstore(tmp_path / "d", index_text=False)
+    b = SqliteMailstore(tmp_path / "d", index_text=False)
+    try:
+        a.add_domain("example.org")
+        acc = a.add_account("alice@example.org", "h")
+        deliver(b, acc.id, b"Subject: own\r\n\r\n.")  # no follower yet: published directly
+        theirs = deliver(a, acc.id, b"Subject: theirs\r\n\r\n.")
+        heard = Heard()
+        follower = feed.Follower(b.db_path, b.origin, heard, interval=3600.0)
+        try:
+            follower.last = 0  # as if it had started before both commits
+            follower.poll()
+            assert heard.changes == [theirs]
+            assert follower.last == 2
+        finally:
+            follower.stop()
+    finally:
+        b.close()
+        a.close()

@@ -421,21 +421,29 @@ class SqliteMailstore:
         if publish is not None:
             publish(changes)
 
-    def _record_changes(self, conn: sqlite3.Connection, changes: list[Change]) -> int:
+    def _record_changes(
+        self, conn: sqlite3.Connection, changes: list[Change]
+    ) -> tuple[int, feed.Follower | None]:
         """The group's changes into the change feed, inside its transaction; old rows pruned
-        now and then (`postfach.store.feed`). The row's ``seq``."""
+        now and then (`postfach.store.feed`). The row's ``seq``, and the follower that will
+        publish it (None: published straight to the publisher)."""
         seq = feed.record(conn, self.origin, changes)
         now = time.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + feed.PRUNE_EVERY
             feed.prune(conn, time.time())
-        return seq
+        follower = self._feed
+        if follower is not None:
+            follower.expect(seq)
+        return seq, follower
 
-    def _publish_own(self, conn: sqlite3.Connection, seq: int, changes: list[Change]) -> None:
+    def _publish_own(
+        self, conn: sqlite3.Connection, own: tuple[int, feed.Follower | None], changes: list[Change]
+    ) -> None:
         """After COMMIT: through the follower when there is one (so that the changes other
         processes committed before ours are published first), else straight to the publisher."""
-        follower = self._feed
-        if follower is not None and seq:
+        seq, follower = own
+        if follower is not None:
             follower.publish_own(conn, seq, changes)
         elif self._publish is not None:
             self._publish(changes)
@@ -574,10 +582,10 @@ class SqliteMailstore:
             except BaseException as exc:  # the savepoint statements themselves failed
                 self._abandon(conn, batch, ops, exc)
                 return
-        seq = 0  # this commit's row in the change feed
+        own: tuple[int, feed.Follower | None] = (0, None)  # this commit's change feed row
         try:
             if batch.changes and self._has_feed:
-                seq = self._record_changes(conn, batch.changes)
+                own = self._record_changes(conn, batch.changes)
             for d in batch.fsync_dirs:
                 _fsync_dir(d)
             conn.execute("COMMIT")
@@ -593,7 +601,7 @@ class SqliteMailstore:
             self._index_wakeup.set()
         if batch.changes:
             try:
-                self._publish_own(conn, seq, batch.changes)
+                self._publish_own(conn, own, batch.changes)
             except Exception:
                 log.exception("event=publish_failed")
         for op, result, error in outcomes:
