@@ -278,16 +278,18 @@ class Follower:
         before it, then ``changes`` (``conn``: the writer's connection, after COMMIT)."""
         with self._lock:
             out: list[Change] = []
-            if seq > self.last + 1:
-                try:
+            try:
+                if seq > self.last + 1:
                     out, _complete = self._collect(conn, seq - 1)
-                except sqlite3.Error as exc:
-                    log.warning("event=change_feed_read_failed error=%r", exc)
-                    out = [ChangesLost(ALL_ACCOUNTS)]
+            except Exception as exc:  # what came before ours is unknown: say so
+                log.warning("event=change_feed_read_failed error=%r", exc)
+                out = [ChangesLost(ALL_ACCOUNTS)]
+            finally:
+                # Whatever happened, the polls must not wait for this row any longer.
+                self.last = max(self.last, seq)
+                with self._pending_lock:
+                    self._pending.discard(seq)
             out.extend(changes)
-            self.last = max(self.last, seq)
-            with self._pending_lock:
-                self._pending.discard(seq)
             self._send(out)
 
     def _collect(self, conn: sqlite3.Connection, upto: int | None) -> tuple[list[Change], bool]:
