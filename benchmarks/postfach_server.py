@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import proctree
 from common import DOMAIN, HOST, PASSWORD, Child, free_port, wait_for_banner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +39,24 @@ def postfach_version() -> str:
     return text.splitlines()[-1].rpartition("version ")[2]  # "postfach, version 0.1.0"
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes >= 1, got {text}")
+    return n
+
+
+def add_workers_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="worker processes of the postfach under test (sets POSTFACH_WORKERS, i.e. "
+        "[server] workers); default: unset, so the server's own default applies",
+    )
+
+
 @dataclass
 class Postfach:
     root: Path
@@ -44,6 +64,9 @@ class Postfach:
     smtp_port: int = field(default_factory=free_port)
     pop3_port: int = field(default_factory=free_port)
     child: Child | None = None
+    # POSTFACH_WORKERS for ``serve`` ([server] workers: a supervisor forking N worker processes);
+    # None leaves it unset, so the server's own default applies.
+    workers: int | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -63,6 +86,8 @@ class Postfach:
             POSTFACH_HTTP="off",
             POSTFACH_LMTP="off",
         )
+        if self.workers is not None:
+            env["POSTFACH_WORKERS"] = str(self.workers)
         return env
 
     def _cli(self, *args: str, stdin: str | None = None) -> None:
@@ -110,6 +135,21 @@ class Postfach:
             tail = self.child.tail() if self.child else ""
             self.stop()
             raise RuntimeError(f"{exc}\n{tail}") from None
+
+    def processes(self) -> int:
+        """Processes of the running server (supervisor and workers; 1 for a single process)."""
+        return proctree.count([self.child.pid]) if self.child is not None else 0
+
+    def describe_workers(self) -> str:
+        """For report headers: what was asked for and how many processes the server runs."""
+        asked = (
+            "POSTFACH_WORKERS unset (server default)"
+            if self.workers is None
+            else f"POSTFACH_WORKERS={self.workers}"
+        )
+        if self.child is None:
+            return asked
+        return f"{asked}, {self.processes()} process(es) running"
 
     def stop(self) -> None:
         if self.child is not None:
