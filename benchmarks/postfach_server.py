@@ -107,15 +107,19 @@ class Postfach:
                 + (detail[-1] if detail else "no output")
             )
 
+    def config_text(self) -> str:
+        """postfach.toml of the instance (subclasses add their sections to this)."""
+        # Benchmarks open thousands of connections from 127.0.0.1 to a few accounts (Dovecot
+        # gets mail_max_userip_connections = 100000 for the same reason): no counts.
+        return (
+            "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\nmax_sessions_per_user = 0\n"
+        )
+
     def setup(self) -> None:
         """Create the data directory, the benchmark domain and accounts (unlimited quota)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Benchmarks open thousands of connections from 127.0.0.1 to a few accounts (Dovecot
-        # gets mail_max_userip_connections = 100000 for the same reason): no counts.
-        (self.data_dir / "postfach.toml").write_text(
-            "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\nmax_sessions_per_user = 0\n"
-        )
+        (self.data_dir / "postfach.toml").write_text(self.config_text())
         self._cli("domain", "add", DOMAIN)
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = [

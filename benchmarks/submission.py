@@ -288,15 +288,13 @@ class PostfachRelay(Postfach):
             "listeners": "submission (STARTTLS, AUTH required) plus SMTP and POP3 (idle)",
         }
 
-    def setup(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "postfach.toml").write_text(
+    def config_text(self) -> str:
+        # The [limits] of every benchmark instance, and the relay to the sink.
+        return super().config_text() + (
             f'[relay]\nhost = "{HOST}"\nport = {self.sink_port}\ntls = "none"\n'
             f"[queue]\nper_domain = {self.per_domain}\n"
             f"[submission]\ndkim = {'true' if self.dkim else 'false'}\n"
         )
-        super().setup()
 
     def start(self) -> None:
         super().start()
