@@ -183,7 +183,11 @@ class PostfachImap(Postfach):
 @dataclass
 class DovecotImap(Dovecot):
     imap_port: int = field(default_factory=free_port)
-    process_limit: int = 6000
+    process_limit: int = 6000  # imap processes: one per connection
+    # Every other service (logins in performance mode serve many clients per process). Dovecot
+    # sizes what auth and anvil must accept by the sum of the login and lmtp process limits: at
+    # 6,000 each that is 24,000 fds, more than RLIMIT_NOFILE allows here (20,000).
+    default_process_limit: int = 1000
 
     @property
     def settings(self) -> dict[str, str]:
@@ -195,8 +199,9 @@ class DovecotImap(Dovecot):
                 "service imap-login": "service_count = 0, process_min_avail = 2 (performance)",
                 "service imap": f"process_limit = {self.process_limit}",
                 "default_client_limit / default_process_limit": f"{2 * self.process_limit}"
-                f" / {self.process_limit}",
+                f" / {self.default_process_limit}",
                 "mail_max_userip_connections": "100000",
+                "fs.inotify.max_user_instances (machine)": _sysctl("fs/inotify/max_user_instances"),
             }
         )
         return s
@@ -207,7 +212,7 @@ class DovecotImap(Dovecot):
             text
             + f"""\
 default_client_limit = {2 * self.process_limit}
-default_process_limit = {self.process_limit}
+default_process_limit = {self.default_process_limit}
 service imap-login {{
   inet_listener imap {{
     address = {HOST}
@@ -227,6 +232,13 @@ protocol imap {{
 }}
 """
         )
+
+
+def _sysctl(name: str) -> str:
+    try:
+        return Path("/proc/sys", name).read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def wait_imap(port: int, timeout: float, what: str) -> None:
@@ -764,7 +776,8 @@ def main() -> int:
         if m not in MIXES:
             ap.error(f"unknown mix {m!r} (known: {', '.join(MIXES)})")
     skip = set(filter(None, args.skip.split(",")))
-    nofile = raise_nofile(2 * args.idle + 4096)
+    # The load generator holds --idle sockets; Dovecot's master wants fds for its auth client_limit.
+    nofile = raise_nofile(max(2 * args.idle + 4096, 32768))
     clients_list = [int(x) for x in args.clients.split(",")]
     dbig = args.dovecot_big if args.dovecot_big is not None else args.big
     big = args.big if "big" not in skip else 0
@@ -1181,6 +1194,9 @@ def report(results: dict[str, dict[str, object]], servers: Sequence[str], markdo
             f"{fill.get('schema')}), {src}; fill {fill.get('fill')}; before start "
             f"{_get(results, 'postfach', 'index_before_start')}."
         )
+    settings = _get(results, "dovecot", "settings")
+    if settings:
+        lines.append("Dovecot: " + "; ".join(f"{k} = {v}" for k, v in settings.items()) + ".")
     for mix in meta["mixes"]:
         for n in meta["clients"]:
             key = f"throughput_{mix}_{n}"
