@@ -699,12 +699,13 @@ def prepare_postfach(
             shutil.rmtree(entry)
         tmp.rename(entry)  # complete or absent, never half
         say(f"postfach: prepared data directory kept in {entry}")
-        prune(cache, keep=2)
+        prune(cache, keep=3)
     return info
 
 
 def prune(cache: Path, keep: int) -> None:
-    """Keep the ``keep`` most recently used prepared directories (each can be gigabytes)."""
+    """Keep the ``keep`` most recently used prepared directories (each can be gigabytes); the
+    unfinished ones of runs that were interrupted go too."""
     entries = sorted(
         (p for p in cache.iterdir() if p.is_dir() and (p / "manifest.json").exists()),
         key=lambda p: p.stat().st_mtime,
@@ -713,6 +714,10 @@ def prune(cache: Path, keep: int) -> None:
     for old in entries[keep:]:
         say(f"removing the older prepared directory {old}")
         shutil.rmtree(old, ignore_errors=True)
+    for tmp in cache.glob(".*.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -744,8 +749,9 @@ def main() -> int:
     ap.add_argument(
         "--cache",
         type=Path,
-        default=HERE / "cache",
-        help="where prepared postfach data directories are kept (default benchmarks/cache)",
+        default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "postfach-bench",
+        help="where prepared postfach data directories are kept, shared by every checkout "
+        "(default ~/.cache/postfach-bench)",
     )
     ap.add_argument("--no-cache", action="store_true", help="fill postfach afresh, keep nothing")
     ap.add_argument("--refill", action="store_true", help="rebuild the prepared directory")
