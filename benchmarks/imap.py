@@ -1,20 +1,24 @@
 """IMAP load benchmark: postfach and a private Dovecot over the same mailboxes, in one run.
 
-``.venv/bin/python benchmarks/imap.py`` (``--help`` for the knobs). Everything is on 127.0.0.1,
-in a temporary directory removed at the end (``--keep`` keeps it). Both servers get the same
-messages (the 200 of /work/shared/data/test.mbox, each copy made unique by an ``X-Bench-Id``
-header so a content-addressed store cannot deduplicate them): postfach's store is filled through
-its own API (``SqliteMailstore.stage/append``, full-text index built with ``index_pending``)
-before the server starts, Dovecot's Maildirs by writing the files (Dovecot indexes them on the
-first SELECT).
+``.venv/bin/python benchmarks/imap.py`` (``--help`` for the knobs; part of ``make bench-all``).
+Everything is on 127.0.0.1, in a temporary directory removed at the end (``--keep`` keeps it).
+Both servers get the same messages (the 200 of /work/shared/data/test.mbox, each copy made
+unique by an ``X-Bench-Id`` header so a content-addressed store cannot deduplicate them).
+postfach's data directory is prepared once by postfach's own code (accounts by its CLI, messages
+through ``SqliteMailstore.stage/append``, the full-text index by ``index_pending`` until nothing
+is left), kept under ``--cache`` keyed by the store's schema version, and copied for each run;
+Dovecot's Maildirs are written as files (Dovecot indexes them on the first SELECT).
 
 1. Throughput: 10 and 50 asyncio clients (``--clients``), ``--accounts`` accounts with a
    ``--messages``-message INBOX each (clients share them round-robin), each client logs in,
-   SELECTs INBOX and loops over a command mix for ``--duration`` seconds; ops/s per command.
-2. Memory per idle connection: ``--idle`` connections (LOGIN, SELECT INBOX, IDLE), server RSS
-   before/after (postfach: the serve process' VmRSS; Dovecot: the sum over all its processes,
-   and the sum of PSS, which does not count shared pages once per process).
-3. Latency on a ``--big``-message mailbox: SELECT, FETCH 1:* (FLAGS), SEARCH TEXT "needle".
+   SELECTs INBOX and loops over a command mix (``--mixes``) for ``--duration`` seconds; ops/s
+   and mean latency per command, server CPU per operation.
+2. Memory per idle connection: ``--idle`` (5,000) connections (LOGIN, SELECT INBOX, IDLE); RSS
+   and PSS summed over the server's process tree (proctree.py) before and after.
+3. Latency on a ``--big``-message (100,000) mailbox: SELECT, FETCH 1:* (FLAGS), SEARCH TEXT.
+
+Each target of issue 3, point 8 gets a verdict line; the results go to ``--json`` (default
+benchmarks/results/imap-last-run.json) and a Markdown fragment beside it (.md).
 """
 
 from __future__ import annotations
