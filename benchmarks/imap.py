@@ -684,12 +684,13 @@ def prepare_postfach(
     say("postfach: creating accounts")
     pf.setup()
     say(f"postfach: filling {', '.join(f'{a}' for a in plan)} through the store, then indexing")
+    fill = fill_postfach(pf.data_dir, plan)
     info = {
         "key": key,
         "schema": schema_version(),
         "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "made_by": _git_head(),
-        "fill": fill_postfach(pf.data_dir, plan),
+        "fill": fill,
     }
     info["index"] = index_check(pf.data_dir)
     if entry is not None:
@@ -991,32 +992,44 @@ def main() -> int:
         traceback.print_exc()
         failed.append(f"{type(exc).__name__}: {exc}")
         if not isinstance(exc, Exception):
+            for srv in (pf, dv):
+                if srv is not None:
+                    with contextlib.suppress(Exception):
+                        srv.stop()
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
             raise
     finally:
         meta["loadavg_end"] = os.getloadavg()
         meta["errors"] = failed
         meta["seconds"] = round(time.perf_counter() - started)
-        for s in (pf, dv):
-            if s is not None:
+        for srv in (pf, dv):
+            if srv is not None:
                 with contextlib.suppress(Exception):
-                    s.stop()
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            say(f"kept {root}")
-    if args.prepare_only:
+                    srv.stop()
+    try:
+        if args.prepare_only:
+            return 1 if failed else 0
+        meta["verdicts"] = verdicts(results, servers, args.big)
+        text = report(results, servers, markdown=False)
+        print()
+        print(text)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+            md = args.json.with_suffix(".md")
+            md.write_text(report(results, servers, markdown=True))
+            print(f"\nJSON: {args.json}\nMarkdown: {md}  ({meta['seconds']}s of measuring)")
         return 1 if failed else 0
-    meta["verdicts"] = verdicts(results, servers, args.big)
-    text = report(results, servers, markdown=False)
-    print()
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-        md = args.json.with_suffix(".md")
-        md.write_text(report(results, servers, markdown=True))
-        print(f"\nJSON: {args.json}\nMarkdown: {md}  ({meta['seconds']}s in all)")
-    return 1 if failed else 0
+    finally:
+        # After the results are out: removing 100,000 Maildir files and the copied store takes
+        # a few minutes on a busy machine.
+        if args.keep:
+            say(f"kept {root}")
+        else:
+            t0 = time.perf_counter()
+            shutil.rmtree(root, ignore_errors=True)
+            say(f"removed {root} in {time.perf_counter() - t0:.0f}s")
 
 
 async def idle_round(port: int, pid: int, accounts: Sequence[str], n: int) -> dict[str, object]:
