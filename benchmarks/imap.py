@@ -842,7 +842,8 @@ def main() -> int:
             if check["not_indexed"]:
                 failed.append(f"postfach: {check['not_indexed']} messages not indexed before start")
             if args.prepare_only:
-                return 0
+                shutil.rmtree(root, ignore_errors=True)  # the cache holds the prepared copy
+                return 1 if failed else 0
         if "dovecot" in servers:
             dv = DovecotImap(root / "dovecot", all_accounts, mail_fsync="optimized")
             pw = pwd.getpwnam(MAIL_USER)
