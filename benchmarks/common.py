@@ -8,13 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import proctree
 
 HOST = "127.0.0.1"
 DOMAIN = "bench.example"
@@ -152,6 +155,8 @@ class Child:
         log: Path,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        *,
+        server: bool = True,
     ) -> None:
         self.name = name
         self.log = log
@@ -165,7 +170,8 @@ class Child:
             cwd=cwd,
             start_new_session=True,
         )
-        _OUR_ROOTS.add(self.proc.pid)
+        if server:
+            _SERVER_ROOTS.add(self.proc.pid)
 
     @property
     def pid(self) -> int:
@@ -187,6 +193,7 @@ class Child:
                     self.proc.wait(timeout=5)
         finally:
             self._log_file.close()
+            _SERVER_ROOTS.discard(self.proc.pid)
 
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -199,65 +206,34 @@ class Child:
         return ""
 
 
-# The children we started (each is its own session leader). The processes of the servers under
-# test are these, their descendants (Postfix's master starts a session of its own) and members of
-# their sessions, plus this process.
-_OUR_ROOTS: set[int] = set()
+# The servers we started (each is its own session leader): CPU figures are about their process
+# trees (proctree.py). Helpers such as a profiler are started with ``server=False``.
+_SERVER_ROOTS: set[int] = set()
 
 
-def _our_ticks() -> int:
-    """CPU ticks of this process and of the servers' processes, with the time of their reaped
-    children (cutime/cstime), so processes that exited during a measurement are not lost."""
-    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, sid, ticks)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        # state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
-        ticks = sum(int(x) for x in fields[11:15])
-        procs[int(entry.name)] = (int(fields[1]), int(fields[3]), ticks)
-    roots = _OUR_ROOTS | {os.getpid()}
-    known: dict[int, bool] = {}
-
-    def ours(pid: int) -> bool:
-        chain = []
-        result = False
-        while pid in procs and pid not in known:
-            if pid in roots or procs[pid][1] in roots:
-                result = True
-                break
-            chain.append(pid)
-            pid = procs[pid][0]
-        else:
-            result = known.get(pid, False)
-        for p in chain:
-            known[p] = result
-        return result
-
-    return sum(ticks for pid, (_pp, _sid, ticks) in procs.items() if ours(pid))
+def server_roots() -> set[int]:
+    return set(_SERVER_ROOTS)
 
 
 @dataclass(frozen=True, slots=True)
 class CpuTimes:
-    """Machine-wide busy/total ticks, the benchmark's own ticks, this process's CPU seconds."""
+    """Machine-wide busy/total ticks, the servers' ticks, this process's CPU seconds."""
 
     busy: int
     total: int
-    ours: int
+    server: int
     own: float
 
     @staticmethod
-    def now() -> CpuTimes:
+    def now(servers: Collection[int] | None = None) -> CpuTimes:
+        """``servers``: the roots whose trees count as "server" (default: every server the
+        benchmark started and has not stopped)."""
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
         total = sum(fields[:8])
-        return CpuTimes(total - idle, total, _our_ticks(), time.process_time())
+        roots = _SERVER_ROOTS if servers is None else servers
+        return CpuTimes(total - idle, total, proctree.cpu_ticks(roots), time.process_time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,16 +241,16 @@ class CpuUse:
     machine_cores: float  # busy cores on average (2.0 = both cores busy all the time)
     client_cores: float  # of which the load generator (this process)
     other_cores: float  # of which processes that are not part of the benchmark (noise)
-    server_cores: float  # of which the servers under test (their processes, user + system)
+    server_cores: float  # of which the servers under test (their process trees, user + system)
 
     @staticmethod
     def between(a: CpuTimes, b: CpuTimes, wall: float) -> CpuUse:
         ncpu = os.cpu_count() or 1
         per_core = max(1, b.total - a.total) / ncpu  # ticks one core had in the interval
         machine = (b.busy - a.busy) / per_core
-        ours = (b.ours - a.ours) / per_core
+        server = (b.server - a.server) / per_core
         client = (b.own - a.own) / wall if wall > 0 else 0.0
-        return CpuUse(machine, client, max(0.0, machine - ours), max(0.0, ours - client))
+        return CpuUse(machine, client, max(0.0, machine - server - client), server)
 
 
 def maildir_count(root: Path, accounts: Sequence[str]) -> int:
@@ -319,3 +295,15 @@ def wait_for_quiet(limit: float, max_wait: float, say: Callable[[str], None]) ->
         time.sleep(3)
         load = load_sample()
     return load
+
+
+def raise_nofile(want: int) -> int:
+    """Raise this process's RLIMIT_NOFILE (inherited by the servers it starts) to at least
+    ``want`` where the hard limit allows (root may raise that too); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, want)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -1,20 +1,24 @@
 """IMAP load benchmark: postfach and a private Dovecot over the same mailboxes, in one run.
 
-``.venv/bin/python benchmarks/imap.py`` (``--help`` for the knobs). Everything is on 127.0.0.1,
-in a temporary directory removed at the end (``--keep`` keeps it). Both servers get the same
-messages (the 200 of /work/shared/data/test.mbox, each copy made unique by an ``X-Bench-Id``
-header so a content-addressed store cannot deduplicate them): postfach's store is filled through
-its own API (``SqliteMailstore.stage/append``, full-text index built with ``index_pending``)
-before the server starts, Dovecot's Maildirs by writing the files (Dovecot indexes them on the
-first SELECT).
+``.venv/bin/python benchmarks/imap.py`` (``--help`` for the knobs; part of ``make bench-all``).
+Everything is on 127.0.0.1, in a temporary directory removed at the end (``--keep`` keeps it).
+Both servers get the same messages (the 200 of /work/shared/data/test.mbox, each copy made
+unique by an ``X-Bench-Id`` header so a content-addressed store cannot deduplicate them).
+postfach's data directory is prepared once by postfach's own code (accounts by its CLI, messages
+through ``SqliteMailstore.stage/append``, the full-text index by ``index_pending`` until nothing
+is left), kept under ``--cache`` keyed by the store's schema version, and copied for each run;
+Dovecot's Maildirs are written as files (Dovecot indexes them on the first SELECT).
 
 1. Throughput: 10 and 50 asyncio clients (``--clients``), ``--accounts`` accounts with a
    ``--messages``-message INBOX each (clients share them round-robin), each client logs in,
-   SELECTs INBOX and loops over a command mix for ``--duration`` seconds; ops/s per command.
-2. Memory per idle connection: ``--idle`` connections (LOGIN, SELECT INBOX, IDLE), server RSS
-   before/after (postfach: the serve process' VmRSS; Dovecot: the sum over all its processes,
-   and the sum of PSS, which does not count shared pages once per process).
-3. Latency on a ``--big``-message mailbox: SELECT, FETCH 1:* (FLAGS), SEARCH TEXT "needle".
+   SELECTs INBOX and loops over a command mix (``--mixes``) for ``--duration`` seconds; ops/s
+   and mean latency per command, server CPU per operation.
+2. Memory per idle connection: ``--idle`` (5,000) connections (LOGIN, SELECT INBOX, IDLE); RSS
+   and PSS summed over the server's process tree (proctree.py) before and after.
+3. Latency on a ``--big``-message (100,000) mailbox: SELECT, FETCH 1:* (FLAGS), SEARCH TEXT.
+
+Each target of issue 3, point 8 gets a verdict line; the results go to ``--json`` (default
+benchmarks/results/imap-last-run.json) and a Markdown fragment beside it (.md).
 """
 
 from __future__ import annotations
@@ -22,30 +26,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import mailbox
 import os
 import pwd
 import random
 import re
-import resource
 import shutil
 import socket
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import DOMAIN, HOST, PASSWORD, CpuTimes, CpuUse, free_port  # noqa: E402
+import proctree  # noqa: E402
+from common import (  # noqa: E402
+    DOMAIN,
+    HOST,
+    PASSWORD,
+    CpuTimes,
+    CpuUse,
+    free_port,
+    raise_nofile,
+    wait_for_idle_server,
+)
 from peers import MAIL_USER, Dovecot, dovecot_version  # noqa: E402
-from postfach_server import Postfach, postfach_version  # noqa: E402
+from postfach_server import Postfach, add_workers_argument, postfach_version  # noqa: E402
 
 MBOX = Path("/work/shared/data/test.mbox")
 WORD = "report"  # in ~10% of the test messages
@@ -169,7 +187,11 @@ class PostfachImap(Postfach):
 @dataclass
 class DovecotImap(Dovecot):
     imap_port: int = field(default_factory=free_port)
-    process_limit: int = 6000
+    process_limit: int = 6000  # imap processes: one per connection
+    # Every other service (logins in performance mode serve many clients per process). Dovecot
+    # sizes what auth and anvil must accept by the sum of the login and lmtp process limits: at
+    # 6,000 each that is 24,000 fds, more than RLIMIT_NOFILE allows here (20,000).
+    default_process_limit: int = 1000
 
     @property
     def settings(self) -> dict[str, str]:
@@ -181,8 +203,9 @@ class DovecotImap(Dovecot):
                 "service imap-login": "service_count = 0, process_min_avail = 2 (performance)",
                 "service imap": f"process_limit = {self.process_limit}",
                 "default_client_limit / default_process_limit": f"{2 * self.process_limit}"
-                f" / {self.process_limit}",
+                f" / {self.default_process_limit}",
                 "mail_max_userip_connections": "100000",
+                "fs.inotify.max_user_instances (machine)": _sysctl("fs/inotify/max_user_instances"),
             }
         )
         return s
@@ -193,7 +216,7 @@ class DovecotImap(Dovecot):
             text
             + f"""\
 default_client_limit = {2 * self.process_limit}
-default_process_limit = {self.process_limit}
+default_process_limit = {self.default_process_limit}
 service imap-login {{
   inet_listener imap {{
     address = {HOST}
@@ -215,6 +238,13 @@ protocol imap {{
         )
 
 
+def _sysctl(name: str) -> str:
+    try:
+        return Path("/proc/sys", name).read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 def wait_imap(port: int, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     last = ""
@@ -230,46 +260,6 @@ def wait_imap(port: int, timeout: float, what: str) -> None:
             last = str(exc)
         time.sleep(0.2)
     raise TimeoutError(f"{what} IMAP on {port} not ready after {timeout}s ({last})")
-
-
-# ---- process memory ----------------------------------------------------------------------------
-
-
-def _status_kb(pid: int, key: str) -> int:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _pss_kb(pid: int) -> int:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return 0
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        if int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
-
-
-def memory(pids: Sequence[int]) -> tuple[int, int, int]:
-    """(sum VmRSS kB, sum Pss kB, processes)."""
-    return sum(_status_kb(p, "VmRSS") for p in pids), sum(_pss_kb(p) for p in pids), len(pids)
 
 
 # ---- a tiny IMAP client ------------------------------------------------------------------------
@@ -388,7 +378,13 @@ COMMANDS = (
     "UID STORE \\Deleted + UID EXPUNGE",
     "NOOP",
 )
-MIX: list[str] = list(COMMANDS)  # the commands each client loops over (--without drops some)
+# The mixes each client loops over: "full" is every command above; "no-search-text" leaves
+# SEARCH TEXT out (Dovecot without an FTS plugin, its Debian default, scans every message for it,
+# which slows every other command of its loop down; without it the other commands are compared).
+MIXES: dict[str, tuple[str, ...]] = {
+    "full": COMMANDS,
+    "no-search-text": tuple(c for c in COMMANDS if not c.startswith("SEARCH TEXT")),
+}
 SMALL = (
     b"From: a@sender.example\r\nTo: b@bench.example\r\nSubject: small\r\n"
     b"Message-ID: <small@sender.example>\r\n\r\nA small appended message.\r\n"
@@ -396,6 +392,7 @@ SMALL = (
 
 
 async def _worker(
+    mix: Sequence[str],
     port: int,
     account: str,
     base: int,
@@ -416,7 +413,7 @@ async def _worker(
         await start.wait()
         pc = time.perf_counter
         while pc() < stop_at[0]:
-            for name in MIX:
+            for name in mix:
                 t = pc()
                 if name == "FETCH 1:* (FLAGS)":
                     await c.cmd("FETCH 1:* (FLAGS)")
@@ -474,8 +471,16 @@ class Throughput:
 
 
 async def run_throughput(
-    port: int, accounts: Sequence[str], clients: int, duration: float, base: int
+    port: int,
+    accounts: Sequence[str],
+    clients: int,
+    duration: float,
+    base: int,
+    mix: Sequence[str] = COMMANDS,
+    server_pid: int | None = None,
 ) -> Throughput:
+    """``clients`` clients loop over ``mix`` for ``duration`` s. CPU: the process tree of
+    ``server_pid`` is the server (the other server of the run, idle, counts as "other")."""
     lat: dict[str, list[float]] = {k: [] for k in COMMANDS}
     errors: list[str] = []
     nos = [0]
@@ -483,7 +488,9 @@ async def run_throughput(
     stop_at = [float("inf")]
     tasks = [
         asyncio.create_task(
-            _worker(port, accounts[i % len(accounts)], base, start, stop_at, lat, errors, i, nos)
+            _worker(
+                mix, port, accounts[i % len(accounts)], base, start, stop_at, lat, errors, i, nos
+            )
         )
         for i in range(clients)
     ]
@@ -494,14 +501,15 @@ async def run_throughput(
             break
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
-    cpu0 = CpuTimes.now()
+    servers = None if server_pid is None else [server_pid]
+    cpu0 = CpuTimes.now(servers)
     t0 = time.perf_counter()
     stop_at[0] = t0 + duration
     start.set()
     async with asyncio.timeout(duration + 120):
         await asyncio.gather(*tasks)
     seconds = time.perf_counter() - t0
-    cpu = CpuUse.between(cpu0, CpuTimes.now(), seconds)
+    cpu = CpuUse.between(cpu0, CpuTimes.now(servers), seconds)
     counts = {k: len(v) for k, v in lat.items()}
     mean = {k: (statistics.fmean(v) * 1000 if v else 0.0) for k, v in lat.items()}
     p99 = {
@@ -580,42 +588,213 @@ async def big_latency(port: int, repeats: int = 3) -> dict[str, object]:
     return out
 
 
-# ---- main --------------------------------------------------------------------------------------
+# ---- the prepared postfach data directory ------------------------------------------------------
+
+# Bump when fill_postfach or the messages change what a prepared directory holds.
+CACHE_FORMAT = 1
+TARGET_BIG = 100_000
+TARGET_IDLE = 5_000
+TARGET_IDLE_KB = 20.0
+TARGET_SEARCH_MS = 100.0
+TARGET_CLIENTS = 50
 
 
-def raise_nofile(want: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = max(soft, want)
+def schema_version() -> int:
+    from postfach.store.sqlite import MIGRATIONS
+
+    return len(MIGRATIONS)
+
+
+def cache_key(accounts: int, messages: int, big: int) -> str:
+    """What a prepared data directory depends on: the store's schema version (a directory made
+    by another schema is not what this code would store, and may not open), the mailboxes'
+    sizes and the test messages."""
+    spec = {
+        "format": CACHE_FORMAT,
+        "schema": schema_version(),
+        "accounts": accounts,
+        "messages": messages,
+        "big": big,
+        "needle_every": NEEDLE_EVERY,
+        "mbox": hashlib.sha256(MBOX.read_bytes()).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return f"schema{spec['schema']}-{accounts}x{messages}-big{big}-{digest}"
+
+
+def index_check(data_dir: Path) -> dict[str, int]:
+    """Read-only look at the store: blobs, full-text documents, blobs not indexed yet."""
+    conn = sqlite3.connect(f"file:{data_dir / 'postfach.db'}?mode=ro", uri=True)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, hard), hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+        def one(sql: str) -> int:
+            return int(conn.execute(sql).fetchone()[0])
+
+        return {
+            "messages": one("SELECT count(*) FROM messages"),
+            "blobs": one("SELECT count(*) FROM blobs"),
+            "fts_documents": one("SELECT count(*) FROM fts_docs"),
+            "fts_skipped": one("SELECT count(*) FROM fts_skipped"),
+            "not_indexed": one(
+                "SELECT count(*) FROM blobs b WHERE NOT EXISTS"
+                " (SELECT 1 FROM fts_docs d WHERE d.sha256=b.sha256) AND NOT EXISTS"
+                " (SELECT 1 FROM fts_skipped s WHERE s.sha256=b.sha256)"
+            ),
+        }
+    finally:
+        conn.close()
+
+
+def _git_head() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip()
+    return "unknown"
+
+
+def prepare_postfach(
+    pf: PostfachImap,
+    plan: dict[str, Callable[[], Iterator[bytes]]],
+    cache: Path | None,
+    key: str,
+    refill: bool,
+) -> dict[str, object]:
+    """postfach's data directory with the accounts, mailboxes and a finished full-text index.
+
+    Made once by postfach's own code (the CLI for the domain and accounts, the store API for the
+    messages, ``index_pending`` for the index: postfach's indexer, run until nothing is left),
+    kept in ``cache/key`` and copied for every later run with the same key. The copy is what
+    the server under test runs on, so the cached directory never changes."""
+    entry = cache / key if cache is not None else None
+    if entry is not None and (entry / "manifest.json").exists() and not refill:
+        say(f"postfach: copying the prepared data directory {entry}")
+        t0 = time.perf_counter()
+        pf.root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(entry / "data", pf.data_dir, symlinks=True)
+        info: dict[str, object] = json.loads((entry / "manifest.json").read_text())
+        info["copied_from"] = str(entry)
+        info["copy_s"] = round(time.perf_counter() - t0, 1)
+        os.utime(entry)  # most recently used: kept by prune()
+        return info
+    say("postfach: creating accounts")
+    pf.setup()
+    say(f"postfach: filling {', '.join(f'{a}' for a in plan)} through the store, then indexing")
+    fill = fill_postfach(pf.data_dir, plan)
+    info = {
+        "key": key,
+        "schema": schema_version(),
+        "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "made_by": _git_head(),
+        "fill": fill,
+    }
+    info["index"] = index_check(pf.data_dir)
+    if entry is not None:
+        assert cache is not None
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(pf.data_dir, tmp / "data", symlinks=True)
+        (tmp / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+        if entry.exists():
+            shutil.rmtree(entry)
+        tmp.rename(entry)  # complete or absent, never half
+        say(f"postfach: prepared data directory kept in {entry}")
+        prune(cache, keep=3)
+    return info
+
+
+def prune(cache: Path, keep: int) -> None:
+    """Keep the ``keep`` most recently used prepared directories (each can be gigabytes); the
+    unfinished ones of runs that were interrupted go too."""
+    entries = sorted(
+        (p for p in cache.iterdir() if p.is_dir() and (p / "manifest.json").exists()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in entries[keep:]:
+        say(f"removing the older prepared directory {old}")
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in cache.glob(".*.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- main --------------------------------------------------------------------------------------
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--clients", default="10,50")
-    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--clients", default="10,50", help="client counts for the throughput runs")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
+    ap.add_argument(
+        "--mixes",
+        default="full,no-search-text",
+        help=f"comma list of command mixes to run ({', '.join(MIXES)})",
+    )
     ap.add_argument("--accounts", type=int, default=10)
     ap.add_argument("--messages", type=int, default=500)
-    ap.add_argument("--idle", type=int, default=1000, help="idle connections (e.g. 5000)")
-    ap.add_argument("--big", type=int, default=100_000, help="messages in the big mailbox")
+    ap.add_argument("--idle", type=int, default=TARGET_IDLE, help="idle IDLE connections")
+    ap.add_argument("--big", type=int, default=TARGET_BIG, help="messages in the big mailbox")
     ap.add_argument("--dovecot-big", type=int, default=None, help="default: same as --big")
+    ap.add_argument("--search-repeats", type=int, default=3, help="SEARCH TEXT runs, postfach")
+    ap.add_argument(
+        "--dovecot-search-repeats",
+        type=int,
+        default=1,
+        help="SEARCH TEXT runs, Dovecot (without FTS each scans every message: 10-25 s here)",
+    )
     ap.add_argument("--servers", default="postfach,dovecot")
     ap.add_argument("--skip", default="", help="comma list of: throughput,idle,big")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "postfach-bench",
+        help="where prepared postfach data directories are kept, shared by every checkout "
+        "(default ~/.cache/postfach-bench)",
+    )
+    ap.add_argument("--no-cache", action="store_true", help="fill postfach afresh, keep nothing")
+    ap.add_argument("--refill", action="store_true", help="rebuild the prepared directory")
+    ap.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only make the prepared postfach directory (can run before the quiet window)",
+    )
+    ap.add_argument(
+        "--idle-wait",
+        type=float,
+        default=120.0,
+        help="before each measurement wait up to this long for the servers to be idle",
+    )
     ap.add_argument("--profile", type=float, default=0.0, help="py-spy postfach for N s at 50")
-    ap.add_argument("--without", default="", help="';'-separated commands to drop from the mix")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=HERE / "results" / "imap-last-run.json",
+        help="results as JSON (a Markdown fragment is written beside it, .md)",
+    )
     ap.add_argument("--keep", action="store_true")
+    add_workers_argument(ap)
     args = ap.parse_args()
     servers = args.servers.split(",")
-    dropped = set(filter(None, args.without.split(";")))
-    MIX[:] = [c for c in COMMANDS if c not in dropped]
+    mixes = [m for m in args.mixes.split(",") if m]
+    for m in mixes:
+        if m not in MIXES:
+            ap.error(f"unknown mix {m!r} (known: {', '.join(MIXES)})")
     skip = set(filter(None, args.skip.split(",")))
-    nofile = raise_nofile(2 * args.idle + 4096)
+    # The load generator holds --idle sockets; Dovecot's master wants fds for its auth client_limit.
+    nofile = raise_nofile(max(2 * args.idle + 4096, 32768))
     clients_list = [int(x) for x in args.clients.split(",")]
     dbig = args.dovecot_big if args.dovecot_big is not None else args.big
+    big = args.big if "big" not in skip else 0
+    cache = None if args.no_cache else args.cache
+    key = cache_key(args.accounts, args.messages, big)
+    started = time.perf_counter()
 
     say(f"postfach {postfach_version()}, dovecot {dovecot_version()}, RLIMIT_NOFILE {nofile}")
     say(f"load average at start: {os.getloadavg()}")
@@ -626,11 +805,20 @@ def main() -> int:
     root.chmod(0o755)
     results: dict[str, dict[str, object]] = {s: {} for s in servers}
     results["_meta"] = {
-        "args": vars(args) | {"json": str(args.json)},
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "benchmarks/imap.py " + " ".join(sys.argv[1:]),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "postfach": postfach_version(),
+        "dovecot": dovecot_version(),
+        "cores": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
+        "mixes": mixes,
+        "clients": clients_list,
     }
+    meta: dict[str, Any] = results["_meta"]
     pf: PostfachImap | None = None
     dv: DovecotImap | None = None
+    failed: list[str] = []
 
     def small_gen(account: str) -> Callable[[], Iterator[bytes]]:
         return lambda: (make_message(templates, account, i) for i in range(args.messages))
@@ -640,17 +828,22 @@ def main() -> int:
 
     try:
         # ---------- fill ----------
-        if "postfach" in servers:
-            pf = PostfachImap(root / "postfach", all_accounts)
-            say("postfach: creating accounts")
-            pf.setup()
+        if "postfach" in servers or args.prepare_only:
+            pf = PostfachImap(root / "postfach", all_accounts, workers=args.workers)
             plan = {a: small_gen(a) for a in accounts}
-            if "big" not in skip:
-                plan[BIG_ACCOUNT] = lambda: big_gen(args.big)
-            say(f"postfach: filling {len(accounts)}x{args.messages} + big {args.big} messages")
-            ft = fill_postfach(pf.data_dir, plan)
-            say(f"postfach fill: {ft}")
-            results["postfach"]["fill"] = ft
+            if big:
+                plan[BIG_ACCOUNT] = lambda: big_gen(big)
+            results.setdefault("postfach", {})["fill"] = prepare_postfach(
+                pf, plan, cache, key, args.refill
+            )
+            check = index_check(pf.data_dir)
+            results["postfach"]["index_before_start"] = check
+            say(f"postfach store: {check}")
+            if check["not_indexed"]:
+                failed.append(f"postfach: {check['not_indexed']} messages not indexed before start")
+            if args.prepare_only:
+                shutil.rmtree(root, ignore_errors=True)  # the cache holds the prepared copy
+                return 1 if failed else 0
         if "dovecot" in servers:
             dv = DovecotImap(root / "dovecot", all_accounts, mail_fsync="optimized")
             pw = pwd.getpwnam(MAIL_USER)
@@ -661,7 +854,7 @@ def main() -> int:
             for a in accounts:
                 fill_maildir(dv.mail_dir / a, small_gen(a)(), pw.pw_uid, pw.pw_gid)
             n_big = 0
-            if "big" not in skip:
+            if big:
                 n_big = fill_maildir(dv.mail_dir / BIG_ACCOUNT, big_gen(dbig), pw.pw_uid, pw.pw_gid)
             results["dovecot"]["fill"] = {
                 "write_files_s": time.perf_counter() - t0,
@@ -672,27 +865,31 @@ def main() -> int:
             aside = root / "dovecot-mail"
             dv.mail_dir.rename(aside)
             dv.root.rmdir()
-
-            start_dv_mail = aside
         # ---------- start ----------
+        pids: dict[str, int] = {}
+        ports: dict[str, int] = {}
         if pf is not None:
             pf.start()
             wait_imap(pf.imap_port, 60, "postfach")
-            say(f"postfach serving IMAP on {pf.imap_port} (pid {pf.child.pid if pf.child else 0})")
+            assert pf.child is not None
+            time.sleep(1)  # let a supervisor fork its workers before counting them
+            pids["postfach"], ports["postfach"] = pf.child.pid, pf.imap_port
+            meta["postfach_workers"] = pf.describe_workers()
+            say(f"postfach serving IMAP on {pf.imap_port}; workers: {meta['postfach_workers']}")
         if dv is not None:
             dv.start()
-            # put the filled Maildirs in place (start() made an empty mail dir)
-            dv.mail_dir.rmdir()
-            start_dv_mail.rename(dv.mail_dir)
+            dv.mail_dir.rmdir()  # put the filled Maildirs in place of the empty one
+            aside.rename(dv.mail_dir)
             wait_imap(dv.imap_port, 30, "dovecot")
+            assert dv.child is not None
+            pids["dovecot"], ports["dovecot"] = dv.child.pid, dv.imap_port
             say(f"dovecot serving IMAP on {dv.imap_port}")
             results["dovecot"]["settings"] = dv.settings
 
-        ports = {}
-        if pf is not None:
-            ports["postfach"] = pf.imap_port
-        if dv is not None:
-            ports["dovecot"] = dv.imap_port
+        def settle(what: str) -> None:
+            if args.idle_wait > 0:
+                waited = wait_for_idle_server(0.1, args.idle_wait, say)
+                meta.setdefault("idle_waits", {})[what] = round(waited, 1)
 
         # warm: one login + SELECT per account (Dovecot builds its index files here)
         for name, port in ports.items():
@@ -714,75 +911,59 @@ def main() -> int:
                 f" {time.perf_counter() - t0:.2f}s"
             )
 
-        def server_mem(name: str) -> tuple[int, int, int]:
-            if name == "postfach":
-                assert pf is not None and pf.child is not None
-                return memory([pf.child.pid])
-            assert dv is not None and dv.child is not None
-            return memory(session_pids(dv.child.pid))
-
         # ---------- 2. idle memory (first, on fresh servers) ----------
         if "idle" not in skip:
             for name, port in ports.items():
-                time.sleep(1)
-                before = server_mem(name)
-
-                async def idle_round(
-                    port: int = port, name: str = name, before: tuple[int, int, int] = before
-                ) -> dict[str, object]:
-                    t0 = time.perf_counter()
-                    clients, failed = await open_idle(port, accounts, args.idle)
-                    opened = time.perf_counter() - t0
-                    await asyncio.sleep(3)
-                    after = server_mem(name)
-                    for c in clients:
-                        c.close()
-                    await asyncio.sleep(0.5)
-                    ok = args.idle - failed
-                    return {
-                        "connections": ok,
-                        "failed": failed,
-                        "open_s": opened,
-                        "rss_before_kb": before[0],
-                        "rss_after_kb": after[0],
-                        "pss_before_kb": before[1],
-                        "pss_after_kb": after[1],
-                        "procs_before": before[2],
-                        "procs_after": after[2],
-                        "rss_per_conn_kb": (after[0] - before[0]) / max(1, ok),
-                        "pss_per_conn_kb": (after[1] - before[1]) / max(1, ok),
-                    }
-
-                r = asyncio.run(idle_round())
-                results[name]["idle"] = r
+                settle(f"{name} idle")
+                results[name]["idle"] = r = asyncio.run(
+                    idle_round(port, pids[name], accounts, args.idle)
+                )
                 say(f"{name} idle: {r}")
                 time.sleep(3)  # let Dovecot's imap processes exit
 
         # ---------- 1. throughput ----------
         if "throughput" not in skip:
-            for n in clients_list:
-                for name, port in ports.items():
-                    time.sleep(2)
-                    la = os.getloadavg()
-                    t = asyncio.run(run_throughput(port, accounts, n, args.duration, args.messages))
-                    results[name][f"throughput_{n}"] = {
-                        "clients": n,
-                        "seconds": t.seconds,
-                        "ops_per_s": {k: v / t.seconds for k, v in t.counts.items()},
-                        "total_ops_per_s": t.total,
-                        "mean_ms": t.mean_ms,
-                        "p99_ms": t.p99_ms,
-                        "errors": t.errors[:5],
-                        "n_errors": len(t.errors),
-                        "no_responses": t.no_responses,
-                        "cpu": _cpu(t.cpu),
-                        "loadavg_before": la,
-                    }
-                    say(
-                        f"{name} {n} clients: {t.total:.1f} ops/s, NO {t.no_responses},"
-                        f" errors {len(t.errors)} "
-                        f"{t.errors[:2]}, cpu {_cpu(t.cpu)}"
-                    )
+            for mix in mixes:
+                for n in clients_list:
+                    for name, port in ports.items():
+                        settle(f"{name} {mix} {n}")
+                        la = os.getloadavg()
+                        t = asyncio.run(
+                            run_throughput(
+                                port,
+                                accounts,
+                                n,
+                                args.duration,
+                                args.messages,
+                                MIXES[mix],
+                                pids[name],
+                            )
+                        )
+                        results[name][f"throughput_{mix}_{n}"] = {
+                            "mix": mix,
+                            "clients": n,
+                            "seconds": t.seconds,
+                            "ops_per_s": {k: v / t.seconds for k, v in t.counts.items()},
+                            "total_ops_per_s": t.total,
+                            "mean_ms": t.mean_ms,
+                            "p99_ms": t.p99_ms,
+                            "errors": t.errors[:5],
+                            "n_errors": len(t.errors),
+                            "no_responses": t.no_responses,
+                            "cpu": _cpu(t.cpu),
+                            "server_ms_cpu_per_op": (
+                                1000 * t.cpu.server_cores * t.seconds / sum(t.counts.values())
+                                if sum(t.counts.values())
+                                else None
+                            ),
+                            "loadavg_before": la,
+                        }
+                        say(
+                            f"{name} {mix} {n} clients: {t.total:.1f} ops/s, NO {t.no_responses},"
+                            f" errors {len(t.errors)} {t.errors[:2]}, cpu {_cpu(t.cpu)}"
+                        )
+                        if t.errors:
+                            failed.append(f"{name} {mix} {n} clients: {t.errors[0]}")
 
             if args.profile and pf is not None:
                 n = max(clients_list)
@@ -794,31 +975,85 @@ def main() -> int:
                 _finish_profile(prof, results)
 
         # ---------- 3. big mailbox ----------
-        if "big" not in skip:
+        if big:
+            if pf is not None:
+                check = index_check(pf.data_dir)
+                results["postfach"]["index_before_search"] = check
+                if check["not_indexed"]:
+                    failed.append(f"postfach: {check['not_indexed']} not indexed before SEARCH")
             for name, port in ports.items():
-                time.sleep(2)
+                settle(f"{name} big")
                 la = os.getloadavg()
-                r = asyncio.run(big_latency(port))
+                repeats = args.search_repeats if name == "postfach" else args.dovecot_search_repeats
+                r = asyncio.run(big_latency(port, repeats))
                 r["loadavg_before"] = la
                 results[name]["big"] = r
                 say(f"{name} big mailbox: {r}")
-    except BaseException:
+    except BaseException as exc:
         traceback.print_exc()
-        raise
+        failed.append(f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, Exception):
+            for srv in (pf, dv):
+                if srv is not None:
+                    with contextlib.suppress(Exception):
+                        srv.stop()
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
     finally:
-        results["_meta"]["loadavg_end"] = os.getloadavg()
-        for s in (pf, dv):
-            if s is not None:
+        meta["loadavg_end"] = os.getloadavg()
+        meta["errors"] = failed
+        meta["seconds"] = round(time.perf_counter() - started)
+        for srv in (pf, dv):
+            if srv is not None:
                 with contextlib.suppress(Exception):
-                    s.stop()
+                    srv.stop()
+    try:
+        if args.prepare_only:
+            return 1 if failed else 0
+        meta["verdicts"] = verdicts(results, servers, args.big)
+        text = report(results, servers, markdown=False)
+        print()
+        print(text)
         if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2, default=str))
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
+            md = args.json.with_suffix(".md")
+            md.write_text(report(results, servers, markdown=True))
+            print(f"\nJSON: {args.json}\nMarkdown: {md}  ({meta['seconds']}s of measuring)")
+        return 1 if failed else 0
+    finally:
+        # After the results are out: removing 100,000 Maildir files and the copied store takes
+        # a few minutes on a busy machine.
+        if args.keep:
             say(f"kept {root}")
-    report(results, servers, clients_list)
-    return 0
+        else:
+            t0 = time.perf_counter()
+            shutil.rmtree(root, ignore_errors=True)
+            say(f"removed {root} in {time.perf_counter() - t0:.0f}s")
+
+
+async def idle_round(port: int, pid: int, accounts: Sequence[str], n: int) -> dict[str, object]:
+    """Memory of the server's process tree before and after ``n`` idle IDLE connections."""
+    before = proctree.memory([pid])
+    t0 = time.perf_counter()
+    clients, failed = await open_idle(port, accounts, n)
+    opened = time.perf_counter() - t0
+    await asyncio.sleep(3)
+    after = proctree.memory([pid])
+    for c in clients:
+        c.close()
+    await asyncio.sleep(0.5)
+    ok = n - failed
+    return {
+        "connections": ok,
+        "failed": failed,
+        "open_s": round(opened, 1),
+        "before": before.as_dict(),
+        "after": after.as_dict(),
+        "rss_per_conn_kb": (after.rss_kb - before.rss_kb) / max(1, ok),
+        "pss_per_conn_kb": (after.pss_kb - before.pss_kb) / max(1, ok),
+    }
 
 
 def _cpu(c: CpuUse) -> dict[str, float]:
@@ -831,8 +1066,6 @@ def _cpu(c: CpuUse) -> dict[str, float]:
 
 
 def _start_profile(pf: PostfachImap | None, root: Path, seconds: float) -> object:
-    import subprocess
-
     assert pf is not None and pf.child is not None
     spy = Path(sys.executable).parent / "py-spy"
     out = root / "profile.txt"
@@ -843,6 +1076,7 @@ def _start_profile(pf: PostfachImap | None, root: Path, seconds: float) -> objec
             "record",
             "--pid",
             str(pf.child.pid),
+            "--subprocesses",
             "-d",
             str(int(seconds)),
             "-f",
@@ -866,44 +1100,229 @@ def _finish_profile(prof: object, results: dict[str, dict[str, object]]) -> None
     f.close()
 
 
-def report(
-    results: dict[str, dict[str, object]], servers: Sequence[str], clients: Sequence[int]
-) -> None:
-    print()
-    print(
-        f"load average: start {results['_meta']['loadavg_start']},"
-        f" end {results['_meta'].get('loadavg_end')}"
+# ---- verdicts and report -----------------------------------------------------------------------
+
+
+def _get(results: dict[str, dict[str, object]], server: str, *path: str) -> Any:
+    cur: Any = results.get(server, {})
+    for k in path:
+        if not isinstance(cur, dict) or k not in cur:
+            return None
+        cur = cur[k]
+    return cur
+
+
+def verdicts(results: dict[str, dict[str, object]], servers: Sequence[str], big: int) -> list[str]:
+    """One line per target of issue 3, point 8 (and the latencies it asks for, no target)."""
+    out = []
+    meta = results["_meta"]
+    for mix in meta["mixes"]:  # type: ignore[attr-defined]
+        what = f"IMAP ops/s >= Dovecot's at {TARGET_CLIENTS} clients, mix {mix}"
+        ours = _get(results, "postfach", f"throughput_{mix}_{TARGET_CLIENTS}", "total_ops_per_s")
+        theirs = _get(results, "dovecot", f"throughput_{mix}_{TARGET_CLIENTS}", "total_ops_per_s")
+        if ours is None or theirs is None:
+            out.append(f"{what}: NOT MEASURED")
+        else:
+            met = "MET" if ours >= theirs else "NOT MET"
+            out.append(f"{what}: {met} ({ours:.0f} vs {theirs:.0f} ops/s, {ours / theirs:.2f}x)")
+    what = (
+        f"Memory per idle IDLE connection < {TARGET_IDLE_KB:.0f} KB at {TARGET_IDLE:,} "
+        "connections (PSS summed over the server's processes)"
     )
-    for n in clients:
-        key = f"throughput_{n}"
-        if not all(key in results.get(s, {}) for s in servers):
-            continue
-        print(f"\nThroughput, {n} clients (ops/s; mean ms):")
-        print(f"{'command':36s}" + "".join(f"{s:>22s}" for s in servers) + "   ratio pf/dv")
-        for cmd in COMMANDS:
-            row = f"{cmd:36s}"
-            vals = []
-            for s in servers:
+    idle = _get(results, "postfach", "idle")
+    if idle is None:
+        out.append(f"{what}: NOT MEASURED")
+    else:
+        dv = _get(results, "dovecot", "idle")
+        figs = (
+            f"postfach {idle['pss_per_conn_kb']:.1f} KB PSS, {idle['rss_per_conn_kb']:.1f} KB RSS,"
+            f" {idle['after']['processes']} process(es), {idle['connections']} connections"
+        )
+        if dv is not None:
+            figs += (
+                f"; Dovecot {dv['pss_per_conn_kb']:.1f} KB PSS, {dv['rss_per_conn_kb']:.1f} KB RSS,"
+                f" {dv['connections']} connections"
+            )
+        if idle["connections"] < TARGET_IDLE:
+            out.append(f"{what}: NOT MEASURED at {TARGET_IDLE:,} ({figs})")
+        else:
+            met = "MET" if idle["pss_per_conn_kb"] < TARGET_IDLE_KB else "NOT MET"
+            out.append(f"{what}: {met} ({figs})")
+    what = f"SEARCH TEXT < {TARGET_SEARCH_MS:.0f} ms on {TARGET_BIG:,} messages"
+    pb = _get(results, "postfach", "big")
+    if pb is None:
+        out.append(f"{what}: NOT MEASURED")
+    else:
+        med = statistics.median(pb["search_text_ms"])
+        figs = (
+            f"postfach median {med:.0f} ms of {len(pb['search_text_ms'])},"
+            f" {pb['search_hits']} hits in {pb.get('exists')} messages"
+        )
+        db = _get(results, "dovecot", "big")
+        if db is not None:
+            figs += f"; Dovecot {statistics.median(db['search_text_ms']):.0f} ms"
+        if pb.get("exists") != TARGET_BIG:
+            out.append(f"{what}: NOT MEASURED at {TARGET_BIG:,} ({figs})")
+        else:
+            met = "MET" if med < TARGET_SEARCH_MS else "NOT MET"
+            out.append(f"{what}: {met} ({figs})")
+        lat = []
+        for s in servers:
+            b = _get(results, s, "big")
+            if b is not None:
+                lat.append(
+                    f"{s} first SELECT {b['select_first_ms']:.0f} ms, again "
+                    f"{b['select_again_ms']:.0f} ms, FETCH 1:* (FLAGS) "
+                    f"{b['fetch_flags_first_ms']:.0f} / {b['fetch_flags_again_ms']:.0f} ms"
+                )
+        out.append(
+            f"SELECT and FETCH 1:* (FLAGS) on {pb.get('exists')} messages (no target): "
+            + "; ".join(lat)
+        )
+    return out
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |"]
+        lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    fmt = [f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)]
+    out = ["  ".join(f.format(h) for f, h in zip(fmt, headers, strict=True))]
+    out += ["  ".join(f.format(c) for f, c in zip(fmt, r, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def report(results: dict[str, dict[str, object]], servers: Sequence[str], markdown: bool) -> str:
+    meta: Any = results["_meta"]
+    lines = [
+        f"{'### ' if markdown else ''}IMAP run of {meta['date']}",
+        "",
+        f"Command: `.venv/bin/python {meta['command'].strip()}`",
+        f"postfach {meta['postfach']} ({meta.get('postfach_workers', 'not started')}), "
+        f"Dovecot {meta['dovecot']}, {meta['cores']} cores, load average "
+        f"{' '.join(f'{x:.2f}' for x in meta['loadavg_start'])} at start, "
+        f"{' '.join(f'{x:.2f}' for x in meta['loadavg_end'])} at the end, {meta['seconds']} s.",
+    ]
+    fill = _get(results, "postfach", "fill")
+    if fill:
+        src = (
+            f"copied from {fill['copied_from']} ({fill['copy_s']} s)"
+            if "copied_from" in fill
+            else "made now"
+        )
+        lines.append(
+            f"postfach store: prepared {fill.get('made')} by {fill.get('made_by')} (schema "
+            f"{fill.get('schema')}), {src}; fill {fill.get('fill')}; before start "
+            f"{_get(results, 'postfach', 'index_before_start')}."
+        )
+    settings = _get(results, "dovecot", "settings")
+    if settings:
+        lines.append("Dovecot: " + "; ".join(f"{k} = {v}" for k, v in settings.items()) + ".")
+    for mix in meta["mixes"]:
+        for n in meta["clients"]:
+            key = f"throughput_{mix}_{n}"
+            have = [s for s in servers if key in results.get(s, {})]
+            if not have:
+                continue
+            lines += ["", f"Throughput, mix {mix}, {n} clients: ops/s (mean ms)", ""]
+            headers = ["command", *have]
+            if len(have) == 2:
+                headers.append("ratio")
+            rows = []
+            for cmd in MIXES[mix]:
+                row = [cmd]
+                vals = []
+                for s in have:
+                    t: Any = results[s][key]
+                    vals.append(t["ops_per_s"][cmd])
+                    row.append(f"{t['ops_per_s'][cmd]:.1f} ({t['mean_ms'][cmd]:.1f})")
+                if len(vals) == 2:
+                    row.append(f"{vals[0] / vals[1]:.2f}" if vals[1] else "n/a")
+                rows.append(row)
+            tot = [results[s][key]["total_ops_per_s"] for s in have]  # type: ignore[index]
+            row = ["TOTAL", *(f"{v:.1f}" for v in tot)]
+            if len(tot) == 2:
+                row.append(f"{tot[0] / tot[1]:.2f}" if tot[1] else "n/a")
+            rows.append(row)
+            cpu_row = ["server ms CPU/op; cores server/client/other"]
+            for s in have:
                 t = results[s][key]
-                v = t["ops_per_s"][cmd]  # type: ignore[index]
-                vals.append(v)
-                row += f"{v:12.1f} ({t['mean_ms'][cmd]:6.1f}ms)"  # type: ignore[index]
-            if len(vals) == 2 and vals[1]:
-                row += f"   {vals[0] / vals[1]:.2f}"
-            print(row)
-        vals = [results[s][key]["total_ops_per_s"] for s in servers]  # type: ignore[index]
-        row = f"{'TOTAL':36s}" + "".join(f"{v:22.1f}" for v in vals)
-        if len(vals) == 2 and vals[1]:
-            row += f"   {vals[0] / vals[1]:.2f}"
-        print(row)
-        print("cpu: " + "; ".join(f"{s} {results[s][key]['cpu']}" for s in servers))
+                per = t["server_ms_cpu_per_op"]
+                c = t["cpu"]
+                cpu_row.append(
+                    f"{per:.2f}; {c['server']}/{c['client']}/{c['other']}"
+                    if per is not None
+                    else "-"
+                )
+            if len(have) == 2:
+                cpu_row.append("")
+            rows.append(cpu_row)
+            lines.append(_table(headers, rows, markdown))
+    idle_rows = []
     for s in servers:
-        if "idle" in results.get(s, {}):
-            r = results[s]["idle"]
-            print(f"\n{s} idle: {r}")
+        r: Any = _get(results, s, "idle")
+        if r is not None:
+            idle_rows.append(
+                [
+                    s,
+                    str(r["connections"]),
+                    str(r["failed"]),
+                    f"{r['open_s']}",
+                    f"{r['after']['processes']}",
+                    f"{r['before']['rss_kb'] / 1024:.0f} -> {r['after']['rss_kb'] / 1024:.0f}",
+                    f"{r['before']['pss_kb'] / 1024:.0f} -> {r['after']['pss_kb'] / 1024:.0f}",
+                    f"{r['rss_per_conn_kb']:.1f}",
+                    f"{r['pss_per_conn_kb']:.1f}",
+                ]
+            )
+    if idle_rows:
+        headers = [
+            "idle IDLE connections",
+            "open",
+            "failed",
+            "open s",
+            "processes",
+            "RSS MB",
+            "PSS MB",
+            "KB RSS/conn",
+            "KB PSS/conn",
+        ]
+        lines += ["", _table(headers, idle_rows, markdown)]
+    big_rows = []
     for s in servers:
-        if "big" in results.get(s, {}):
-            print(f"\n{s} big: {results[s]['big']}  fill: {results[s].get('fill')}")
+        b: Any = _get(results, s, "big")
+        if b is not None:
+            big_rows.append(
+                [
+                    s,
+                    str(b.get("exists")),
+                    f"{b['select_first_ms']:.0f}",
+                    f"{b['select_again_ms']:.0f}",
+                    f"{b['fetch_flags_first_ms']:.0f}",
+                    f"{b['fetch_flags_again_ms']:.0f}",
+                    ", ".join(f"{x:.0f}" for x in b["search_text_ms"]),
+                    str(b["search_hits"]),
+                ]
+            )
+    if big_rows:
+        headers = [
+            "big mailbox",
+            "messages",
+            "SELECT ms",
+            "SELECT again ms",
+            "FETCH 1:* (FLAGS) ms",
+            "again ms",
+            f'SEARCH TEXT "{NEEDLE}" ms',
+            "hits",
+        ]
+        lines += ["", _table(headers, big_rows, markdown)]
+    lines.append("")
+    lines += [f"{'- ' if markdown else ''}{v}" for v in meta.get("verdicts", [])]
+    lines += [f"{'- ' if markdown else ''}error: {e}" for e in meta.get("errors", [])]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """postfach IMAP: server CPU per operation and memory per idle connection (postfach only).
 
 ``.venv/bin/python benchmarks/imap_cpu.py`` (``--help`` for the knobs). Meant for before/after
-comparisons on a shared machine: every figure is the CPU time the ``postfach serve`` process used
-(utime + stime from /proc, all threads) divided by the operations one sequential client ran,
-not a wall-clock rate, so other jobs on the machine change it little. Memory is the serve
-process' VmRSS before and after opening ``--idle`` connections (LOGIN, SELECT INBOX, IDLE).
+comparisons on a shared machine: every figure is the CPU time the ``postfach serve`` processes
+used (utime + stime from /proc, all threads, summed over the server's process tree: with
+``--workers N`` the supervisor and its workers, see proctree.py) divided by the operations one
+sequential client ran, not a wall-clock rate, so other jobs on the machine change it little.
+Memory is the sum of RSS and of PSS over that tree before and after opening ``--idle``
+connections (LOGIN, SELECT INBOX, IDLE).
 
 Mailboxes: ``--accounts`` accounts with ``--messages`` messages each (unique messages, as in
 ``imap.py``), and one account with a ``--big``-message INBOX made of the 200 test messages
@@ -29,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import proctree  # noqa: E402
 from common import DOMAIN  # noqa: E402
 from imap import (  # noqa: E402
     SMALL,
@@ -37,22 +40,19 @@ from imap import (  # noqa: E402
     fill_postfach,
     load_templates,
     make_message,
-    memory,
     open_idle,
     say,
     throughput_accounts,
     wait_imap,
 )
+from postfach_server import add_workers_argument  # noqa: E402
 
 BIG = f"big@{DOMAIN}"
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    """CPU of the server's whole process tree (supervisor, workers, reaped children)."""
+    return proctree.cpu_seconds([pid])
 
 
 def fill_big(data_dir: Path, n: int, templates: list[bytes]) -> float:
@@ -177,19 +177,23 @@ async def big_round(port: int, pid: int, reps: int) -> dict[str, object]:
 
 async def idle_round(port: int, pid: int, accounts: list[str], n: int) -> dict[str, float]:
     await asyncio.sleep(1)
-    before = memory([pid])[0]
+    before = proctree.memory([pid])
     clients, failed = await open_idle(port, accounts, n)
     await asyncio.sleep(3)
-    after = memory([pid])[0]
+    after = proctree.memory([pid])
     for cl in clients:
         cl.close()
     ok = n - failed
     return {
         "connections": ok,
         "failed": failed,
-        "rss_before_kb": before,
-        "rss_after_kb": after,
-        "rss_per_conn_kb": (after - before) / max(1, ok),
+        "processes": after.processes,
+        "rss_before_kb": before.rss_kb,
+        "rss_after_kb": after.rss_kb,
+        "pss_before_kb": before.pss_kb,
+        "pss_after_kb": after.pss_kb,
+        "rss_per_conn_kb": (after.rss_kb - before.rss_kb) / max(1, ok),
+        "pss_per_conn_kb": (after.pss_kb - before.pss_kb) / max(1, ok),
     }
 
 
@@ -202,6 +206,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--skip", default="", help="comma list of: ops,idle,big")
     ap.add_argument("--json", type=Path, default=None)
+    add_workers_argument(ap)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     templates = load_templates()
@@ -209,7 +214,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="imapcpu-"))
     results: dict[str, object] = {"args": vars(args) | {"json": str(args.json)}}
     results["loadavg_start"] = os.getloadavg()
-    pf = PostfachImap(root / "postfach", [*accounts, BIG])
+    pf = PostfachImap(root / "postfach", [*accounts, BIG], workers=args.workers)
     try:
         pf.setup()
         plan = {
@@ -225,6 +230,8 @@ def main() -> int:
         assert pf.child is not None
         pid = pf.child.pid
         time.sleep(2)
+        results["workers"] = pf.describe_workers()
+        say(f"postfach workers: {results['workers']}")
         if "idle" not in skip:
             results["idle"] = asyncio.run(idle_round(pf.imap_port, pid, accounts, args.idle))
             say(f"idle: {results['idle']}")

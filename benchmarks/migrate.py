@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from postfach_server import add_workers_argument  # noqa: E402
 from sync import HOST, PASSWORD, Server, postfach_bin, say  # noqa: E402
 
 from postfach.datadir import open_store  # noqa: E402
@@ -63,9 +64,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=5)
     ap.add_argument("--keep", action="store_true")
+    add_workers_argument(ap)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="postfach-bench-migrate-"))
-    server = Server(root)
+    server = Server(root, workers=args.workers)
     try:
         mbox = root / "source.mbox"
         count = build_mbox(mbox, args.copies)

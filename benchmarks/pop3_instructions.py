@@ -4,7 +4,9 @@ On a shared machine the rates of ``run.py`` and even its CPU-per-MB column move 
 instruction counts do not. This fills 10 mailboxes (through the store API, full-text index
 built before the server starts, so the measurement is RETR alone), starts ``postfach serve``
 under ``valgrind --tool=callgrind`` with instrumentation off, and switches it on only for one
-measured round per depth (after one warm-up round), using the client of ``pop3.py``.
+measured round per depth (after one warm-up round), using the client of ``pop3.py``. With
+``--workers N`` (a supervisor and its worker processes) every process of the server's tree is
+switched on and off and the counts of all of them are added up.
 
     .venv/bin/python benchmarks/pop3_instructions.py --clients 3 --messages 200
 
@@ -25,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import proctree
 from common import Child, MessageFactory, pop3_accounts, wait_for_banner
 from pop3 import run_pop3_round
-from postfach_server import Postfach, postfach_bin
+from postfach_server import Postfach, add_workers_argument, postfach_bin
 
 
 def fill(pf: Postfach, accounts: list[str], count: int, size: int) -> None:
@@ -77,6 +80,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=20480, help="message size in bytes")
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 8], help="RETRs in flight")
     ap.add_argument("--data", type=Path, help="keep (or reuse) the filled directory here")
+    add_workers_argument(ap)
     args = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("needs valgrind (Debian package valgrind)", file=sys.stderr)
@@ -89,7 +93,7 @@ def main() -> int:
     else:
         root = args.data
     try:
-        pf = Postfach(root, accounts)
+        pf = Postfach(root, accounts, workers=args.workers)
         marker = root / f"filled-{args.clients}-{args.messages}-{args.size}"
         if not marker.exists():
             fill(pf, accounts, args.messages, args.size)
@@ -101,6 +105,7 @@ def main() -> int:
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
+            "--trace-children=yes",  # workers started by exec; forked ones are traced anyway
             f"--callgrind-out-file={out}/callgrind.%p",
             str(postfach_bin()),
             "serve",
@@ -108,11 +113,18 @@ def main() -> int:
         child = Child("postfach", argv, root / "postfach-callgrind.log", env=pf.env())
         try:
             wait_for_banner(pf.pop3_port, 300, child.proc, "postfach pop3")
+            time.sleep(2)  # let a supervisor start its workers
+            pids = sorted(proctree.tree([child.pid]))
+            print(
+                f"postfach under callgrind: {pf.describe_workers()} ({len(pids)} process(es))",
+                flush=True,
+            )
 
             def ctl(*opts: str) -> None:
-                subprocess.run(
-                    ["callgrind_control", *opts, str(child.pid)], check=True, capture_output=True
-                )
+                for pid in pids:  # the server's tree only, never other callgrind runs
+                    subprocess.run(
+                        ["callgrind_control", *opts, str(pid)], check=True, capture_output=True
+                    )
 
             for depth in args.depths:
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import proctree
 from common import DOMAIN, HOST, PASSWORD, Child, free_port, wait_for_banner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +39,24 @@ def postfach_version() -> str:
     return text.splitlines()[-1].rpartition("version ")[2]  # "postfach, version 0.1.0"
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes >= 1, got {text}")
+    return n
+
+
+def add_workers_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="worker processes of the postfach under test (sets POSTFACH_WORKERS, i.e. "
+        "[server] workers); default: unset, so the server's own default applies",
+    )
+
+
 @dataclass
 class Postfach:
     root: Path
@@ -44,6 +64,9 @@ class Postfach:
     smtp_port: int = field(default_factory=free_port)
     pop3_port: int = field(default_factory=free_port)
     child: Child | None = None
+    # POSTFACH_WORKERS for ``serve`` ([server] workers: a supervisor forking N worker processes);
+    # None leaves it unset, so the server's own default applies.
+    workers: int | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -63,6 +86,8 @@ class Postfach:
             POSTFACH_HTTP="off",
             POSTFACH_LMTP="off",
         )
+        if self.workers is not None:
+            env["POSTFACH_WORKERS"] = str(self.workers)
         return env
 
     def _cli(self, *args: str, stdin: str | None = None) -> None:
@@ -82,15 +107,19 @@ class Postfach:
                 + (detail[-1] if detail else "no output")
             )
 
+    def config_text(self) -> str:
+        """postfach.toml of the instance (subclasses add their sections to this)."""
+        # Benchmarks open thousands of connections from 127.0.0.1 to a few accounts (Dovecot
+        # gets mail_max_userip_connections = 100000 for the same reason): no counts.
+        return (
+            "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\nmax_sessions_per_user = 0\n"
+        )
+
     def setup(self) -> None:
         """Create the data directory, the benchmark domain and accounts (unlimited quota)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Benchmarks open thousands of connections from 127.0.0.1 to a few accounts (Dovecot
-        # gets mail_max_userip_connections = 100000 for the same reason): no counts.
-        (self.data_dir / "postfach.toml").write_text(
-            "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\nmax_sessions_per_user = 0\n"
-        )
+        (self.data_dir / "postfach.toml").write_text(self.config_text())
         self._cli("domain", "add", DOMAIN)
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = [
@@ -110,6 +139,21 @@ class Postfach:
             tail = self.child.tail() if self.child else ""
             self.stop()
             raise RuntimeError(f"{exc}\n{tail}") from None
+
+    def processes(self) -> int:
+        """Processes of the running server (supervisor and workers; 1 for a single process)."""
+        return proctree.count([self.child.pid]) if self.child is not None else 0
+
+    def describe_workers(self) -> str:
+        """For report headers: what was asked for and how many processes the server runs."""
+        asked = (
+            "POSTFACH_WORKERS unset (server default)"
+            if self.workers is None
+            else f"POSTFACH_WORKERS={self.workers}"
+        )
+        if self.child is None:
+            return asked
+        return f"{asked}, {self.processes()} process(es) running"
 
     def stop(self) -> None:
         if self.child is not None:

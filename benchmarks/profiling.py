@@ -28,8 +28,10 @@ class Profiler:
             raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
         self.out = out
         argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--output", str(out)]
-        argv += ["--rate", str(rate), "--nonblocking", "--threads"]
-        self.child = Child("py-spy", argv, out.with_suffix(".log"))
+        # --subprocesses: a postfach with [server] workers is a supervisor and its workers.
+        argv += ["--rate", str(rate), "--nonblocking", "--threads", "--subprocesses"]
+        # Not a server: its CPU is not counted as the server's.
+        self.child = Child("py-spy", argv, out.with_suffix(".log"), server=False)
 
     def stop(self) -> None:
         # SIGINT makes py-spy stop sampling and write its output.

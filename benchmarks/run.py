@@ -47,7 +47,7 @@ from common import (
 from delivery import DeliveryStats, run_delivery, wait_until
 from peers import Dovecot, Postfix, dovecot_version, postfix_version
 from pop3 import Pop3Stats, combine, message_counts, run_pop3
-from postfach_server import Postfach, postfach_version
+from postfach_server import Postfach, add_workers_argument, postfach_version
 from profiling import Profiler, summarize
 
 T = TypeVar("T")
@@ -338,7 +338,7 @@ def bench_peers(ctx: Ctx, root: Path) -> None:
 
 def bench_postfach(ctx: Ctx, root: Path) -> None:
     a = ctx.args
-    pf = Postfach(root, [*ctx.d_accounts, *ctx.p_accounts])
+    pf = Postfach(root, [*ctx.d_accounts, *ctx.p_accounts], workers=a.workers)
     ctx.report.settings["postfach"] = {
         "durability": "SQLite WAL, synchronous=FULL, group commit; 250 after COMMIT",
         "listeners": "SMTP and POP3 on loopback, everything else off",
@@ -352,6 +352,9 @@ def bench_postfach(ctx: Ctx, root: Path) -> None:
         pf.start()
         assert pf.child is not None
         ctx.profile_pid = pf.child.pid
+        time.sleep(1)  # let a supervisor fork its workers before counting them
+        ctx.report.settings["postfach"]["workers"] = pf.describe_workers()
+        say(f"postfach workers: {pf.describe_workers()}")
 
         def delivery() -> None:
             d = ctx.d_accounts
@@ -572,7 +575,8 @@ def markdown(report: Report, host: dict[str, str]) -> str:
         f"{p['accounts']} accounts; POP3 {p['pop3_messages']} messages per mailbox, "
         f"{p['pop3_rounds']} measured rounds after {p['pop3_warmup']} warm-up, for each of "
         f"{' and '.join(str(d) for d in p['pop3_depths'])} RETR(s) in flight per client; "
-        f"Dovecot mail_fsync = {p['dovecot_fsync']}.",
+        f"Dovecot mail_fsync = {p['dovecot_fsync']}; postfach workers: "
+        f"{report.settings.get('postfach', {}).get('workers', _workers_asked(p))}.",
         "",
         delivery_table(report, True),
         "",
@@ -597,6 +601,11 @@ def markdown(report: Report, host: dict[str, str]) -> str:
     if report.errors:
         lines += ["", "Errors:", *[f"- {e}" for e in report.errors]]
     return "\n".join(lines) + "\n"
+
+
+def _workers_asked(params: dict[str, Any]) -> str:
+    w = params.get("workers")
+    return "POSTFACH_WORKERS unset (server default)" if w is None else f"POSTFACH_WORKERS={w}"
 
 
 def report_json(report: Report, host: dict[str, str]) -> dict[str, Any]:
@@ -703,6 +712,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="attach py-spy to postfach while it is measured (skews the figures)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_workers_argument(ap)
     return ap.parse_args(argv)
 
 
@@ -738,6 +748,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     host = machine()
     print()
+    workers = report.settings.get("postfach", {}).get("workers", _workers_asked(params))
+    print(f"postfach workers: {workers}")
     print(delivery_table(report, False))
     print()
     print(pop3_table(report, False))

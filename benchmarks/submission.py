@@ -65,7 +65,7 @@ from common import (  # noqa: E402
     wait_for_quiet,
 )
 from peers import Dovecot, Postfix, dovecot_version, postfix_version  # noqa: E402
-from postfach_server import Postfach, postfach_version  # noqa: E402
+from postfach_server import Postfach, add_workers_argument, postfach_version  # noqa: E402
 from profiling import Profiler, summarize  # noqa: E402
 
 from postfach.tls import ensure_self_signed  # noqa: E402
@@ -288,15 +288,13 @@ class PostfachRelay(Postfach):
             "listeners": "submission (STARTTLS, AUTH required) plus SMTP and POP3 (idle)",
         }
 
-    def setup(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "postfach.toml").write_text(
+    def config_text(self) -> str:
+        # The [limits] of every benchmark instance, and the relay to the sink.
+        return super().config_text() + (
             f'[relay]\nhost = "{HOST}"\nport = {self.sink_port}\ntls = "none"\n'
             f"[queue]\nper_domain = {self.per_domain}\n"
             f"[submission]\ndkim = {'true' if self.dkim else 'false'}\n"
         )
-        super().setup()
 
     def start(self) -> None:
         super().start()
@@ -544,7 +542,7 @@ class Run:
 
 def bench_postfach(run: Run, root: Path) -> None:
     a = run.args
-    pf = PostfachRelay(root, [ACCOUNT], sink_port=run.sink.port, dkim=a.dkim)
+    pf = PostfachRelay(root, [ACCOUNT], sink_port=run.sink.port, dkim=a.dkim, workers=a.workers)
     pf.per_domain = a.per_domain
     run.settings["postfach"] = pf.settings
     try:
@@ -552,6 +550,9 @@ def bench_postfach(run: Run, root: Path) -> None:
         say("starting postfach")
         pf.start()
         assert pf.child is not None
+        time.sleep(1)  # let a supervisor fork its workers before counting them
+        run.settings["postfach"]["workers"] = pf.describe_workers()
+        say(f"postfach workers: {pf.describe_workers()}")
         run.measure("postfach", "postfach", pf.submission_port, pf.child.pid)
     except Exception:
         say(f"postfach log:\n{pf.log_tail()}")
@@ -660,6 +661,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", metavar="DIR", help="py-spy on postfach (skews its figures)")
     ap.add_argument("--markdown", type=Path, default=HERE / "results" / "submission.md")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_workers_argument(ap)
     return ap.parse_args(argv)
 
 
@@ -696,7 +698,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "postfix": postfix_version(),
         "dovecot": dovecot_version(),
     }
+    workers = run.settings.get("postfach", {}).get(
+        "workers",
+        "POSTFACH_WORKERS unset (server default)"
+        if args.workers is None
+        else f"POSTFACH_WORKERS={args.workers}",
+    )
     print()
+    print(f"postfach workers: {workers}")
     print(table(run.rows, False))
     print(verdict(run.rows))
     for e in run.errors:
@@ -713,7 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Parameters: {args.clients} clients, {args.messages} messages of {args.size} bytes per "
         f"server after {args.warmup} warm-up, sink {args.sink}, postfach per_domain "
-        f"{args.per_domain}, DKIM {'on' if args.dkim else 'off'}.",
+        f"{args.per_domain}, DKIM {'on' if args.dkim else 'off'}, workers: {workers}.",
         "",
         table(run.rows, True),
         "",

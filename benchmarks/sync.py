@@ -48,6 +48,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from postfach.client.imap import ImapClient, Literal  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from postfach_server import add_workers_argument  # noqa: E402
+
 HOST = "127.0.0.1"
 DOMAIN = "bench.example"
 PASSWORD = "bench-password"
@@ -83,7 +86,7 @@ def message(i: int) -> bytes:
 
 
 class Server:
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, workers: int | None = None) -> None:
         self.root = root
         self.port = port or free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFACH_")}
@@ -91,6 +94,8 @@ class Server:
         for name in ("SMTP", "LMTP", "SUBMISSION", "SUBMISSIONS", "POP3", "POP3S", "IMAPS",
                      "HTTP"):  # fmt: skip
             self.env[f"POSTFACH_{name}"] = "off"
+        if workers is not None:  # None: the server's default
+            self.env["POSTFACH_WORKERS"] = str(workers)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, stdin: str | None = None) -> None:
@@ -184,6 +189,7 @@ def main() -> int:
     ap.add_argument("--reuse", type=Path, metavar="DIR",
                     help="a directory kept by --keep: skip filling and the initial syncs "
                          "(--messages must match); kept")  # fmt: skip
+    add_workers_argument(ap)
     args = ap.parse_args()
     mbsync = shutil.which("mbsync")
     if mbsync is None:
@@ -194,7 +200,9 @@ def main() -> int:
     compileall.compile_dir(REPO / "src" / "postfach", quiet=1)
     root = args.reuse or Path(tempfile.mkdtemp(prefix="postfach-sync-bench."))
     # --reuse: the same port, which both tools' states are tied to
-    server = Server(root, int((root / "port").read_text()) if args.reuse else None)
+    server = Server(
+        root, int((root / "port").read_text()) if args.reuse else None, workers=args.workers
+    )
     (root / "port").write_text(f"{server.port}\n")
     results: dict[str, object] = {"messages": args.messages, "changed": args.changed}
     try:
