@@ -54,6 +54,8 @@ class _Connection(StreamConnection):
         self.session: ImapSession | None = None
         self._out: list[bytes] = []  # written by the session, not yet given to the transport
         self._out_size = 0
+        self._parked = False  # waiting for the client without a task (`_park`)
+        self._park_timer: asyncio.TimerHandle | None = None
 
     # ---- the session's Output ----------------------------------------------------------------
 
@@ -117,7 +119,7 @@ class _Connection(StreamConnection):
 
     # ---- the conversation --------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self) -> bool:
         srv = self._server
         transport = self._transport
         assert transport is not None
@@ -140,12 +142,67 @@ class _Connection(StreamConnection):
             remote_port,
             "implicit" if tls else "no",
         )
+        session.greet()
+        return await self._converse(False)
+
+    # ---- parking: an idle connection has no task ---------------------------------------------
+
+    def _park(self, timeout: float) -> None:
+        """Wait for the client without a task: the next event (data, EOF, loss, shutdown, the
+        session's own BYE) or the timeout starts `_converse` again."""
+        self._parked = True
+        self._park_timer = self._loop.call_later(timeout, self._unpark, True)
+
+    def _unpark(self, timed_out: bool) -> None:
+        self._parked = False
+        timer, self._park_timer = self._park_timer, None
+        if timer is not None and not timed_out:
+            timer.cancel()
+        self._start_task(self._converse(timed_out))
+
+    def _wake_reader(self) -> None:
+        if self._parked:
+            self._unpark(False)
+        else:
+            super()._wake_reader()
+
+    def abort(self) -> None:
+        if self._parked and self._transport is not None:
+            self._transport.abort()  # connection_lost wakes it: the session closes as usual
+        else:
+            super().abort()
+
+    def _may_park(self) -> bool:
+        return not (
+            self._inbuf
+            or self._eof
+            or self._lost.done()
+            or self._interrupted
+            or self._stopping
+            or self._write_paused
+        )
+
+    # ---- the conversation --------------------------------------------------------------------
+
+    async def _converse(self, timed_out: bool) -> bool:
+        """Read and run commands until the client has nothing more to say for now (True:
+        parked) or the connection is over (False, after the session and transport closed)."""
+        session = self.session
+        assert session is not None
         reason = "logout"
+        parked = False
         try:
-            session.greet()
+            if timed_out:
+                reason = "autologout"
+                session.autologout_bye()
             while not session.closing:
-                timeout, command = self._read_timeout(session.autologout, session.buffered)
+                buffered = session.buffered
+                timeout, command = self._read_timeout(session.autologout, buffered)
                 self.flush()
+                if not buffered and self._may_park():
+                    self._park(timeout)
+                    parked = True
+                    return True
                 try:
                     async with asyncio.timeout(timeout):
                         data = await self._read()
@@ -174,8 +231,7 @@ class _Connection(StreamConnection):
                 session.shutdown_bye()
         except asyncio.CancelledError:
             reason = "shutdown"
-            if self.session is not None:
-                self.session.shutdown_bye()
+            session.shutdown_bye()
             raise
         except TimeoutError:
             reason = "write-timeout"
@@ -185,16 +241,18 @@ class _Connection(StreamConnection):
             reason = "internal-error"
             log.exception("conn=%s event=connection-error", self.conn_id)
         finally:
-            try:
-                await session.close()
-            finally:
-                await self._close_transport()
-                log.info(
-                    "conn=%s event=disconnect reason=%s account=%r",
-                    self.conn_id,
-                    reason,
-                    session.account,
-                )
+            if not parked:
+                try:
+                    await session.close()
+                finally:
+                    await self._close_transport()
+                    log.info(
+                        "conn=%s event=disconnect reason=%s account=%r",
+                        self.conn_id,
+                        reason,
+                        session.account,
+                    )
+        return False
 
     async def _close_transport(self) -> None:
         self.flush()
