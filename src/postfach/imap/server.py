@@ -54,8 +54,8 @@ class _Connection(StreamConnection):
         self.session: ImapSession | None = None
         self._out: list[bytes] = []  # written by the session, not yet given to the transport
         self._out_size = 0
-        self._parked = False  # waiting for the client without a task (`_park`)
-        self._park_timer: asyncio.TimerHandle | None = None
+        #: waiting for the client without a task (`_park`): for how long (else None)
+        self._parked: float | None = None
 
     # ---- the session's Output ----------------------------------------------------------------
 
@@ -150,24 +150,24 @@ class _Connection(StreamConnection):
     def _park(self, timeout: float) -> None:
         """Wait for the client without a task: the next event (data, EOF, loss, shutdown, the
         session's own BYE) or the timeout starts `_converse` again."""
-        self._parked = True
-        self._park_timer = self._loop.call_later(timeout, self._unpark, True)
+        self._parked = timeout
+        self._server.parked.add(self, timeout)
 
     def _unpark(self, timed_out: bool) -> None:
-        self._parked = False
-        timer, self._park_timer = self._park_timer, None
-        if timer is not None and not timed_out:
-            timer.cancel()
+        """Start the conversation's next task (``timed_out``: the autologout timer fired)."""
+        timeout, self._parked = self._parked, None
+        if timeout is not None and not timed_out:
+            self._server.parked.remove(self, timeout)
         self._start_task(self._converse(timed_out))
 
     def _wake_reader(self) -> None:
-        if self._parked:
+        if self._parked is not None:
             self._unpark(False)
         else:
             super()._wake_reader()
 
     def abort(self) -> None:
-        if self._parked and self._transport is not None:
+        if self._parked is not None and self._transport is not None:
             self._transport.abort()  # connection_lost wakes it: the session closes as usual
         else:
             super().abort()
@@ -271,6 +271,55 @@ class _Connection(StreamConnection):
             raise
 
 
+class _ParkedTimers:
+    """The autologout timers of parked connections: one event-loop timer per distinct timeout
+    instead of one per connection. Connections parked with the same timeout expire in the order
+    they were parked, so each timeout keeps its connections in an insertion-ordered dict
+    (connection -> deadline) and one timer for the oldest; adding, removing (the client spoke)
+    and expiring are O(1) per connection."""
+
+    def __init__(self) -> None:
+        self._queues: dict[float, dict[_Connection, float]] = {}
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+
+    def add(self, conn: _Connection, timeout: float) -> None:
+        loop = conn._loop
+        queue = self._queues.setdefault(timeout, {})
+        queue[conn] = deadline = loop.time() + timeout
+        if timeout not in self._timers:
+            self._timers[timeout] = loop.call_at(deadline, self._expire, loop, timeout)
+
+    def remove(self, conn: _Connection, timeout: float) -> None:
+        queue = self._queues.get(timeout)
+        if queue is not None:
+            queue.pop(conn, None)  # the timer stays: it finds a later deadline and waits again
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        del self._timers[timeout]
+        queue = self._queues.get(timeout)
+        if queue is None:
+            return
+        now = loop.time()
+        expired: list[_Connection] = []
+        next_deadline = None
+        for conn, deadline in queue.items():
+            if deadline > now:
+                next_deadline = deadline
+                break
+            expired.append(conn)
+        for conn in expired:
+            del queue[conn]
+        if next_deadline is not None:
+            self._timers[timeout] = loop.call_at(next_deadline, self._expire, loop, timeout)
+        elif not queue:
+            del self._queues[timeout]
+        for conn in expired:
+            conn._unpark(True)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+
 class ImapServer(Listener):
     """An IMAP listener, usable wherever an ``asyncio.AbstractServer`` is expected.
 
@@ -296,6 +345,7 @@ class ImapServer(Listener):
             host, port, ssl_context=ssl_context, implicit_tls=implicit_tls, log=log, limits=limits
         )
         self.backend = backend
+        self.parked = _ParkedTimers()  # idle connections without a task, by autologout timeout
         # STARTTLS is on offer exactly when there is a context and the port is not TLS already.
         self.settings = dataclasses.replace(
             settings, tls_available=ssl_context is not None and not implicit_tls
