@@ -7,7 +7,9 @@ boundary (a command being processed finishes and is answered; the protocol says 
 ``await wait_closed()`` waits until they are all gone; ``abort()`` cancels what is left.
 Subclasses say how a connection is made and how long a TLS handshake may take.
 
-Limits (`postfach.limits`): a connection is counted from accept to the end of its task. Over
+Limits (`postfach.limits`): a connection is counted from accept to the end of its conversation
+(the end of its task; an IMAP connection may have no task while it waits, see
+`StreamConnection._task_done`). Over
 ``max_connections`` or ``max_connections_per_ip`` the client gets the subclass's refusal line
 and a close, nothing else; on an implicit-TLS port it is closed without a handshake (a handshake
 costs the server more than the client, which is what a flood wants). Implicit TLS is therefore
@@ -19,13 +21,14 @@ client that leaves a full output buffer unread is dropped (`postfach.limits.outp
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import logging
 import resource
 import secrets
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol, Self
 
 from postfach.limits import (
@@ -37,6 +40,16 @@ from postfach.limits import (
     input_deadline,
     output_stalled,
 )
+
+# asyncio's SSLProtocol gives every TLS connection a read buffer of ``max_size`` (256 KiB),
+# zeroed when the connection starts and so resident at once: 283 KB of private memory per idle
+# IMAPS connection in ``benchmarks/imap_idle.py --tls``, 45 KB with 16 KiB. A TLS record holds
+# at most 16 KiB of data, so reading 16 KiB at a time costs bulk transfers some more ``recv``
+# calls and nothing else. (Process wide: every asyncio TLS connection of postfach, server and
+# client side, reads this way.)
+TLS_READ_BUFFER = 16 * 1024
+if asyncio.sslproto.SSLProtocol.max_size > TLS_READ_BUFFER:
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 #: connections the kernel may queue before we accept them (asyncio's default is 100: a burst of
 #: connections would see SYNs dropped and retried a second later)
@@ -59,7 +72,7 @@ def raise_file_limit(wanted: int) -> tuple[int, int]:
 
 
 class TrackedConnection(Protocol):
-    task: asyncio.Task[None] | None
+    task: asyncio.Task[bool | None] | None
 
     def shutdown(self) -> None: ...
 
@@ -95,6 +108,7 @@ class Listener(asyncio.AbstractServer):
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()
+        self._all_gone: asyncio.Future[None] | None = None  # wait_closed with no task to wait on
         self._closing = False
         #: a socket bound beforehand (by a server that drops root after binding)
         self.sock: socket.socket | None = None
@@ -133,8 +147,6 @@ class Listener(asyncio.AbstractServer):
 
     def _track(self, conn: TrackedConnection) -> None:
         self._connections.add(conn)
-        if conn.task is not None:
-            conn.task.add_done_callback(lambda _t: self._connections.discard(conn))
         if self._closing:  # accepted before close() (a TLS handshake), connected after it
             conn.shutdown()
 
@@ -198,10 +210,28 @@ class Listener(asyncio.AbstractServer):
         for conn in list(self._connections):
             conn.abort()
 
+    def _forget(self, conn: TrackedConnection) -> None:
+        """The connection's conversation is over."""
+        self._connections.discard(conn)
+        if not self._connections and self._all_gone is not None and not self._all_gone.done():
+            self._all_gone.set_result(None)
+
     async def wait_closed(self) -> None:
-        tasks = [c.task for c in list(self._connections) if c.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        while self._connections:
+            tasks = [c.task for c in list(self._connections) if c.task is not None]
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+                continue
+            # Every connection left is between two tasks (an idle IMAP connection woken by
+            # close() gets its task in the loop's next round).
+            self._all_gone = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(0.05):
+                    await self._all_gone
+            except TimeoutError:
+                pass
+            finally:
+                self._all_gone = None
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -261,12 +291,14 @@ class StreamConnection(asyncio.Protocol):
         #: the client left a full output buffer unread for too long and was dropped
         self.write_timed_out = False
         self.conn_id = secrets.token_hex(4)
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[bool | None] | None = None
 
-    async def _run(self) -> None:
+    async def _run(self) -> bool | None:
+        """The conversation; True when it only paused (a subclass that parks idle connections
+        starts the next task itself), anything else when the connection is over."""
         raise NotImplementedError
 
-    async def _start(self) -> None:
+    async def _start(self) -> bool | None:
         if self._listener.implicit_tls:
             try:
                 await self._start_implicit_tls()
@@ -278,8 +310,8 @@ class StreamConnection(asyncio.Protocol):
                 )
                 if self._transport is not None:
                     self._transport.abort()
-                return
-        await self._run()
+                return None
+        return await self._run()
 
     async def _tls_handshake(self) -> asyncio.Transport:
         """The TLS handshake on this connection (implicit TLS, STLS, STARTTLS); the new
@@ -374,9 +406,24 @@ class StreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.write_high_water)
         if listener.implicit_tls:
             transport.pause_reading()  # the ClientHello is for the TLS layer, not for us
-        self.task = self._loop.create_task(self._start())
-        self.task.add_done_callback(lambda _t: admitted.release())
+        self._start_task(self._start())
         listener._track(self)
+
+    def _start_task(self, coro: Coroutine[Any, Any, bool | None]) -> None:
+        task = self.task = self._loop.create_task(coro)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[bool | None]) -> None:
+        """A task of the connection ended: the conversation is over unless it returned True
+        (it parked: the connection waits for the client without a task, and the next event
+        starts one)."""
+        if self.task is task:
+            self.task = None
+        if not task.cancelled() and task.exception() is None and task.result() is True:
+            return
+        if self._slot is not None:
+            self._slot.release()
+        self._listener._forget(self)
 
     def data_received(self, data: bytes) -> None:
         self._inbuf += data

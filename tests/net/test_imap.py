@@ -14,6 +14,7 @@ import pytest
 
 from postfach.imap.server import ImapServer
 from postfach.imap.session import ImapBackend, ImapSettings
+from postfach.limits import Limits
 from postfach.store.hub import Hub
 from postfach.store.sqlite import SqliteMailstore
 from support import PASSWORD, RunningServer, message
@@ -407,6 +408,81 @@ def test_autologout_before_login(tmp_path: Path) -> None:
             assert await reader.readline() == b"* BYE Server shutting down\r\n"
             writer.close()
         finally:
+            srv.close()
+            await srv.wait_closed()
+            await asyncio.to_thread(store.close)
+
+    asyncio.run(main())
+
+
+def test_idle_connections_wait_without_a_task(tmp_path: Path) -> None:
+    # Sessions in IDLE wait without a task each (their memory: docs/benchmarks.md, "imapmem"),
+    # yet every one is told of a delivery within a second, one that speaks is answered, and
+    # autologout still ends them all.
+    from postfach.mime.stored import parse_for_storage
+
+    async def main() -> None:
+        hub = Hub(asyncio.get_running_loop())
+        store = SqliteMailstore(tmp_path / "store", publish=hub.publish)
+        await asyncio.to_thread(store.add_domain, "example.org")
+        acc = await asyncio.to_thread(store.add_account, ALICE, "unused-hash")
+
+        async def authenticate(user: str, password: str, ip: str) -> str | None:
+            return ALICE if (user, password) == (ALICE, PASSWORD) else None
+
+        settings = ImapSettings(allow_plaintext=True, autologout_authenticated=4.0)
+        backend = ImapBackend(store, hub, authenticate)
+        limits = Limits(max_connections_per_ip=0)  # all of them come from 127.0.0.1
+        srv = ImapServer(backend, settings, "127.0.0.1", 0, limits=limits)
+        await srv.start()
+        conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+        async def until(reader: asyncio.StreamReader, start: bytes) -> bytes:
+            while True:
+                line = await reader.readline()
+                if not line or line.startswith(start):
+                    return line
+
+        try:
+            for _ in range(60):
+                reader, writer = await asyncio.open_connection("127.0.0.1", srv.bound_port)
+                writer.write(
+                    f'a LOGIN {ALICE} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode()
+                )
+                assert await until(reader, b"+ ") == b"+ idling\r\n"
+                conns.append((reader, writer))
+            await asyncio.sleep(0.1)
+            assert srv.connection_count == 60
+            assert len(srv.parked) == 60  # all idle without a task
+            data = message("wake up")
+            started = time.monotonic()
+            await asyncio.to_thread(
+                store.deliver, [acc.id], store.stage(data, parse_for_storage(data)), 1, "INBOX"
+            )
+            for reader, _w in conns:
+                async with asyncio.timeout(1):
+                    assert await until(reader, b"* 1 EXISTS") == b"* 1 EXISTS\r\n"
+            assert time.monotonic() - started < 1.0
+            reader, writer = conns[0]
+            writer.write(b"DONE\r\nd NOOP\r\n")
+            assert (await until(reader, b"c "))[:4] == b"c OK"
+            assert (await until(reader, b"d "))[:4] == b"d OK"
+            for reader, _w in conns:  # the connection that spoke too, 4 s after its NOOP
+                async with asyncio.timeout(10):
+                    assert (
+                        await until(reader, b"* BYE") == b"* BYE Autologout; idle for too long\r\n"
+                    )
+                    assert await reader.read() == b""
+            assert time.monotonic() - started > 3.5
+            for _ in range(100):
+                if srv.connection_count == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert srv.connection_count == 0 and len(srv.parked) == 0
+            assert hub.sessions.held(acc.id) == 0
+        finally:
+            for _r, writer in conns:
+                writer.close()
             srv.close()
             await srv.wait_closed()
             await asyncio.to_thread(store.close)

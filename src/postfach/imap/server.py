@@ -54,6 +54,8 @@ class _Connection(StreamConnection):
         self.session: ImapSession | None = None
         self._out: list[bytes] = []  # written by the session, not yet given to the transport
         self._out_size = 0
+        #: waiting for the client without a task (`_park`): for how long (else None)
+        self._parked: float | None = None
 
     # ---- the session's Output ----------------------------------------------------------------
 
@@ -117,7 +119,7 @@ class _Connection(StreamConnection):
 
     # ---- the conversation --------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self) -> bool:
         srv = self._server
         transport = self._transport
         assert transport is not None
@@ -140,12 +142,67 @@ class _Connection(StreamConnection):
             remote_port,
             "implicit" if tls else "no",
         )
+        session.greet()
+        return await self._converse(False)
+
+    # ---- parking: an idle connection has no task ---------------------------------------------
+
+    def _park(self, timeout: float) -> None:
+        """Wait for the client without a task: the next event (data, EOF, loss, shutdown, the
+        session's own BYE) or the timeout starts `_converse` again."""
+        self._parked = timeout
+        self._server.parked.add(self, timeout)
+
+    def _unpark(self, timed_out: bool) -> None:
+        """Start the conversation's next task (``timed_out``: the autologout timer fired)."""
+        timeout, self._parked = self._parked, None
+        if timeout is not None and not timed_out:
+            self._server.parked.remove(self, timeout)
+        self._start_task(self._converse(timed_out))
+
+    def _wake_reader(self) -> None:
+        if self._parked is not None:
+            self._unpark(False)
+        else:
+            super()._wake_reader()
+
+    def abort(self) -> None:
+        if self._parked is not None and self._transport is not None:
+            self._transport.abort()  # connection_lost wakes it: the session closes as usual
+        else:
+            super().abort()
+
+    def _may_park(self) -> bool:
+        return not (
+            self._inbuf
+            or self._eof
+            or self._lost.done()
+            or self._interrupted
+            or self._stopping
+            or self._write_paused
+        )
+
+    # ---- the conversation --------------------------------------------------------------------
+
+    async def _converse(self, timed_out: bool) -> bool:
+        """Read and run commands until the client has nothing more to say for now (True:
+        parked) or the connection is over (False, after the session and transport closed)."""
+        session = self.session
+        assert session is not None
         reason = "logout"
+        parked = False
         try:
-            session.greet()
+            if timed_out:
+                reason = "autologout"
+                session.autologout_bye()
             while not session.closing:
-                timeout, command = self._read_timeout(session.autologout, session.buffered)
+                buffered = session.buffered
+                timeout, command = self._read_timeout(session.autologout, buffered)
                 self.flush()
+                if not buffered and self._may_park():
+                    self._park(timeout)
+                    parked = True
+                    return True
                 try:
                     async with asyncio.timeout(timeout):
                         data = await self._read()
@@ -174,8 +231,7 @@ class _Connection(StreamConnection):
                 session.shutdown_bye()
         except asyncio.CancelledError:
             reason = "shutdown"
-            if self.session is not None:
-                self.session.shutdown_bye()
+            session.shutdown_bye()
             raise
         except TimeoutError:
             reason = "write-timeout"
@@ -185,16 +241,18 @@ class _Connection(StreamConnection):
             reason = "internal-error"
             log.exception("conn=%s event=connection-error", self.conn_id)
         finally:
-            try:
-                await session.close()
-            finally:
-                await self._close_transport()
-                log.info(
-                    "conn=%s event=disconnect reason=%s account=%r",
-                    self.conn_id,
-                    reason,
-                    session.account,
-                )
+            if not parked:
+                try:
+                    await session.close()
+                finally:
+                    await self._close_transport()
+                    log.info(
+                        "conn=%s event=disconnect reason=%s account=%r",
+                        self.conn_id,
+                        reason,
+                        session.account,
+                    )
+        return False
 
     async def _close_transport(self) -> None:
         self.flush()
@@ -211,6 +269,55 @@ class _Connection(StreamConnection):
         except asyncio.CancelledError:
             transport.abort()
             raise
+
+
+class _ParkedTimers:
+    """The autologout timers of parked connections: one event-loop timer per distinct timeout
+    instead of one per connection. Connections parked with the same timeout expire in the order
+    they were parked, so each timeout keeps its connections in an insertion-ordered dict
+    (connection -> deadline) and one timer for the oldest; adding, removing (the client spoke)
+    and expiring are O(1) per connection."""
+
+    def __init__(self) -> None:
+        self._queues: dict[float, dict[_Connection, float]] = {}
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+
+    def add(self, conn: _Connection, timeout: float) -> None:
+        loop = conn._loop
+        queue = self._queues.setdefault(timeout, {})
+        queue[conn] = deadline = loop.time() + timeout
+        if timeout not in self._timers:
+            self._timers[timeout] = loop.call_at(deadline, self._expire, loop, timeout)
+
+    def remove(self, conn: _Connection, timeout: float) -> None:
+        queue = self._queues.get(timeout)
+        if queue is not None:
+            queue.pop(conn, None)  # the timer stays: it finds a later deadline and waits again
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        del self._timers[timeout]
+        queue = self._queues.get(timeout)
+        if queue is None:
+            return
+        now = loop.time()
+        expired: list[_Connection] = []
+        next_deadline = None
+        for conn, deadline in queue.items():
+            if deadline > now:
+                next_deadline = deadline
+                break
+            expired.append(conn)
+        for conn in expired:
+            del queue[conn]
+        if next_deadline is not None:
+            self._timers[timeout] = loop.call_at(next_deadline, self._expire, loop, timeout)
+        elif not queue:
+            del self._queues[timeout]
+        for conn in expired:
+            conn._unpark(True)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
 
 
 class ImapServer(Listener):
@@ -238,6 +345,7 @@ class ImapServer(Listener):
             host, port, ssl_context=ssl_context, implicit_tls=implicit_tls, log=log, limits=limits
         )
         self.backend = backend
+        self.parked = _ParkedTimers()  # idle connections without a task, by autologout timeout
         # STARTTLS is on offer exactly when there is a context and the port is not TLS already.
         self.settings = dataclasses.replace(
             settings, tls_available=ssl_context is not None and not implicit_tls

@@ -407,9 +407,9 @@ class ImapSession:
         self._state = State.NOT_AUTHENTICATED
         self._account_id = 0
         self._account_name: str | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._subscribed = False  # to the hub, for the account's changes
         self._selected: _Selected | None = None
-        self._enabled: set[str] = set()
+        self._enabled: frozenset[str] = frozenset()  # replaced, not changed: shared while empty
         self._saved: list[int] | None = None  # SEARCHRES "$" as UIDs (RFC 5182)
         self._sasl: SaslExchange | None = None
         self._sasl_tag = ""
@@ -445,7 +445,7 @@ class ImapSession:
 
     @property
     def enabled(self) -> frozenset[str]:
-        return frozenset(self._enabled)
+        return self._enabled
 
     @property
     def autologout(self) -> float:
@@ -529,9 +529,9 @@ class ImapSession:
         self._closing = True
         self._state = State.LOGOUT
         self._idle_tag = None
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        if self._subscribed:
+            self._backend.hub.unsubscribe(self._account_id, self._on_change)
+            self._subscribed = False
         if self._session_account is not None:
             self._backend.hub.sessions.release(self._session_account)
             self._session_account = None
@@ -932,7 +932,8 @@ class ImapSession:
         self._session_account = acc.id
         self._account_id = acc.id
         self._account_name = acc.name
-        self._unsubscribe = self._backend.hub.subscribe(acc.id, self._on_change)
+        self._backend.hub.subscribe(acc.id, self._on_change)
+        self._subscribed = True
         self._state = State.AUTHENTICATED
         log.info(
             "conn=%s event=login result=ok method=%s account=%r tls=%s",
@@ -970,7 +971,7 @@ class ImapSession:
             wanted = [cap] if cap != "QRESYNC" else ["CONDSTORE", "QRESYNC"]  # RFC 7162 §3.2.3
             for w in wanted:
                 if w in ENABLEABLE and w not in self._enabled:
-                    self._enabled.add(w)
+                    self._enabled |= {w}
                     newly.append(names[w])
         self._sync_view()
         self._untagged(" ".join(["ENABLED", *newly]))
@@ -982,7 +983,7 @@ class ImapSession:
         it is answered with an untagged ``OK [HIGHESTMODSEQ n]`` the first time."""
         if self._condstore:
             return
-        self._enabled.add("CONDSTORE")
+        self._enabled |= {"CONDSTORE"}
         self._sync_view()
         sel = self._selected
         if sel is not None:
@@ -1472,7 +1473,7 @@ class ImapSession:
         if cmd.qresync is not None and not self._qresync:
             raise ImapBad("CLIENTBUG", "QRESYNC must be enabled first")  # RFC 7162 §3.2.5
         if cmd.condstore:
-            self._enabled.add("CONDSTORE")
+            self._enabled |= {"CONDSTORE"}
         mbox = self._mailbox(cmd.mailbox)
         listing = self._listing(mbox)
         del previous
@@ -1545,10 +1546,10 @@ class ImapSession:
         uids = listing.uids
         recent = list(uids[bisect.bisect_right(uids, claimed) :])
         if readonly:
-            return recent, lambda uid: uid > claims.claimed(key)
+            return recent, _RecentClaim(claims, mbox.id, mbox.uidvalidity, claim=False)
         if recent:
             claims.claim(key, max(recent))
-        return recent, lambda uid: claims.claim(key, uid)
+        return recent, _RecentClaim(claims, mbox.id, mbox.uidvalidity, claim=True)
 
     def _qresync_select(self, params: c.QresyncParams, view: View, mbox: Mailbox) -> None:
         """RFC 7162 §3.2.5.1: what changed since the client's MODSEQ, as VANISHED (EARLIER)
@@ -1994,6 +1995,28 @@ assert set(_HANDLERS) == set().union(*ALLOWED.values())
 
 
 _FETCH_BATCH: Final = 256  # meta-only FETCH responses written between two drains
+
+
+class _RecentClaim:
+    """How a view decides whether a new message is \\Recent in its session (RFC 3501 §2.3.2):
+    SELECT claims it, EXAMINE only looks (``claim=False``). A small object rather than a
+    closure: every selected IMAP4rev1 session keeps one."""
+
+    __slots__ = ("_claim", "_claims", "_mailbox_id", "_uidvalidity")
+
+    def __init__(
+        self, claims: RecentClaims, mailbox_id: int, uidvalidity: int, *, claim: bool
+    ) -> None:
+        self._claims = claims
+        self._mailbox_id = mailbox_id
+        self._uidvalidity = uidvalidity
+        self._claim = claim
+
+    def __call__(self, uid: int) -> bool:
+        key = (self._mailbox_id, self._uidvalidity)
+        if self._claim:
+            return self._claims.claim(key, uid)
+        return uid > self._claims.claimed(key)
 
 
 @dataclass(frozen=True, slots=True)

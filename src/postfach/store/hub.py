@@ -46,17 +46,19 @@ class Hub:
     # ---- changes ------------------------------------------------------------------------------
 
     def subscribe(self, account_id: int, fn: Subscriber) -> Callable[[], None]:
-        """Register fn for the account's changes; returns the function that unsubscribes."""
+        """Register fn for the account's changes; returns the function that unsubscribes
+        (or call `unsubscribe` with the same arguments: a subscriber that keeps nothing but
+        its account id, as every idle IMAP session does, saves a closure)."""
         self._subs.setdefault(account_id, set()).add(fn)
+        return lambda: self.unsubscribe(account_id, fn)
 
-        def unsubscribe() -> None:
-            subs = self._subs.get(account_id)
-            if subs is not None:
-                subs.discard(fn)
-                if not subs:
-                    del self._subs[account_id]
-
-        return unsubscribe
+    def unsubscribe(self, account_id: int, fn: Subscriber) -> None:
+        """Undo `subscribe` (an equal ``fn``, e.g. the same bound method, is enough)."""
+        subs = self._subs.get(account_id)
+        if subs is not None:
+            subs.discard(fn)
+            if not subs:
+                del self._subs[account_id]
 
     def publish(self, changes: list[Change]) -> None:
         """Called from the writer thread after COMMIT, from the change feed's thread, or from
