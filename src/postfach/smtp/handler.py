@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from postfach.delivery import DeliveryTxn, LocalDelivery
 from postfach.errors import SmtpError
 from postfach.limits import Limits
+from postfach.smtp import lean
 from postfach.smtp.address import FastAddressSMTP
 from postfach.smtp.data import BlockDataSMTP
 from postfach.smtp.graceful import GracefulSMTP
@@ -94,13 +95,26 @@ class _EnhancedCodes:
 
 
 class PostfachSMTP(
-    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP
+    GracefulSMTP,
+    lean.LazyTimeout,
+    _EnhancedCodes,
+    HeldReplies,
+    LimitedSMTP,
+    BlockDataSMTP,
+    FastAddressSMTP,
 ):
     pass
 
 
 class PostfachLMTP(
-    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP, LMTP
+    GracefulSMTP,
+    lean.LazyTimeout,
+    _EnhancedCodes,
+    HeldReplies,
+    LimitedSMTP,
+    BlockDataSMTP,
+    FastAddressSMTP,
+    LMTP,
 ):
     pass
 
@@ -240,6 +254,7 @@ def make_smtp_factory(
     """A protocol factory for ``loop.create_server`` (one aiosmtpd protocol per connection)."""
     handler = InboundHandler(delivery, lmtp=lmtp)
     shared = ConnectionLimits(limits)
+    lean.install()
 
     def factory() -> SMTP:
         cls = PostfachLMTP if lmtp else PostfachSMTP
