@@ -72,7 +72,7 @@ def reply_text(status: str, extended: bool) -> str:
 
 
 # Most replies are a few fixed texts: their rewritten form is kept (bounded: replies that echo
-# an address are computed each time once it is full).
+# an address or carry a SASL challenge fill it up, and a full cache starts over).
 _REPLY_CACHE: dict[tuple[str, bool], str] = {}
 _REPLY_CACHE_MAX = 256
 
@@ -88,8 +88,9 @@ class _EnhancedCodes:
             text = _REPLY_CACHE.get(key)
             if text is None:
                 text = reply_text(*key)
-                if len(_REPLY_CACHE) < _REPLY_CACHE_MAX:
-                    _REPLY_CACHE[key] = text
+                if len(_REPLY_CACHE) >= _REPLY_CACHE_MAX:
+                    _REPLY_CACHE.clear()  # full of one-off texts: the frequent ones come back
+                _REPLY_CACHE[key] = text
             status = text
         await super().push(status)  # type: ignore[misc]
 
