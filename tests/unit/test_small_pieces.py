@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postfach.auth.throttle import LoginThrottle
-from postfach.delivery import has_smuggling, validate_address
+from postfach.delivery import _SMUGGLE, has_smuggling, only_crlf, validate_address
 from postfach.errors import SmtpError
 from postfach.quota import format_size, parse_size
 
@@ -74,3 +76,13 @@ def test_addresses_we_do_not_route(address: str) -> None:
 
 def test_address_domain_is_normalised() -> None:
     assert validate_address("Alice@Example.ORG.") == ("Alice", "example.org")
+
+
+@given(st.binary(max_size=60).map(lambda b: b.translate(bytes.maketrans(b"abc", b"\r\n."))))
+@settings(max_examples=500, deadline=None)
+def test_only_crlf_is_the_counting_definition(data: bytes) -> None:
+    # Clean CRLF data: as many CRs and LFs as CRLF pairs (the definition the fast check replaces),
+    # and the smuggling check with the caller's answer agrees with the full regex.
+    crlf = data.count(b"\r\n")
+    assert only_crlf(data) == (data.count(b"\r") == crlf == data.count(b"\n"))
+    assert has_smuggling(data, only_crlf(data)) == (_SMUGGLE.search(data) is not None)

@@ -7,8 +7,10 @@ the state and the octets after the end line must not depend on how the socket cu
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from postfach.smtp.data import MessageReader
+from postfach.smtp.data import MessageReader, _has_long_line
 
 NOMINAL, TOO_LONG, TOO_MUCH = 0, 1, 2
 
@@ -81,3 +83,15 @@ def test_size_limit_counts_octets_as_sent() -> None:
         assert run(pieces, limit=128) == (TOO_MUCH, b"", b"RSET\r\n")
     stuffed = b"." + body  # the stuffing dot counts, as it did in aiosmtpd
     assert run([stuffed + b".\r\n"], limit=128)[0] == TOO_MUCH
+
+
+@given(
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\r\n", b"\r")), max_size=30),
+    st.integers(min_value=2, max_value=45),
+)
+@settings(max_examples=400, deadline=None)
+def test_long_line_search_agrees_with_splitting(lines: list[bytes], limit: int) -> None:
+    # The windowed backward search finds a too-long line exactly when splitting into lines does.
+    block = b"".join(line + b"\r\n" for line in lines)
+    by_split = max(map(len, block.split(b"\r\n"))) + 2 > limit
+    assert _has_long_line(block, limit) == by_split

@@ -159,9 +159,39 @@ def _comment_text(raw: str) -> str:
     return unquote(raw).strip()
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+# One plain mailbox, nearly every From and To: "Display Name <local@domain>", "<local@domain>"
+# or "local@domain", of atoms only (no quoted strings, comments, groups, routes, dots in the
+# name, non-ASCII or a second address). `_addresses` answers these without tokenizing; the
+# result is the one the tokenizer gives (tests/unit/test_envelope_fast.py compares them).
+_SIMPLE_MAILBOX = re.compile(
+    rf"[ \t]*(?:(?:((?:{_ATOM}[ \t]+)*{_ATOM})[ \t]*)?<({_DOT_ATOM})@({_DOT_ATOM})>"
+    rf"|({_DOT_ATOM})@({_DOT_ATOM}))[ \t]*".encode("ascii")
+)
+
+
 def _addresses(raw: bytes | None) -> tuple[Address, ...]:
     if raw is None:
         return ()
+    m = _SIMPLE_MAILBOX.fullmatch(raw) if len(raw) <= _ADDRESS_CAP else None
+    if m is None:
+        return _parse_addresses(raw)
+    name, mailbox, host, bare_mailbox, bare_host = m.groups()
+    if bare_mailbox is not None:
+        return (Address(None, None, bare_mailbox.decode("ascii"), bare_host.decode("ascii")),)
+    return (
+        Address(
+            b" ".join(name.split()).decode("ascii") if name else None,
+            None,
+            mailbox.decode("ascii"),
+            host.decode("ascii"),
+        ),
+    )
+
+
+def _parse_addresses(raw: bytes) -> tuple[Address, ...]:
+    """The address list of a header field, by the tokenizer (any syntax)."""
     if len(raw) > _ADDRESS_CAP:
         raw = raw[:_ADDRESS_CAP].rpartition(b",")[0] or raw[:_ADDRESS_CAP]
     toks = _tokens(to_str(raw))

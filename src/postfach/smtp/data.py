@@ -92,9 +92,7 @@ class MessageReader:
         if self._limit and self.size > self._limit:
             self._fail(_TOO_MUCH)
             return
-        if len(lines) > self._max_line and (
-            max(map(len, lines.split(b"\r\n"))) + 2 > self._max_line
-        ):
+        if len(lines) > self._max_line and _has_long_line(lines, self._max_line):
             self._fail(_TOO_LONG)
             return
         self._parts.append(lines)
@@ -111,6 +109,20 @@ class MessageReader:
         if data.startswith(b"."):
             data = data[1:]
         return data.replace(b"\r\n.", b"\r\n")
+
+
+def _has_long_line(lines: bytes, limit: int) -> bool:
+    """Whether a line of ``lines`` (complete lines, each ending with CRLF) is longer than
+    ``limit`` octets with its CRLF. One backward search per window of ``limit`` octets instead of
+    splitting into lines: ``pos`` is always the start of a line, and the last CRLF that ends
+    within ``limit`` octets of it ends a run of lines that are all short enough."""
+    pos, end = 0, len(lines)
+    while end - pos > limit:
+        crlf = lines.rfind(b"\r\n", pos, pos + limit)
+        if crlf < 0:
+            return True
+        pos = crlf + 2
+    return False
 
 
 class BlockDataSMTP(SMTP):

@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from postfach.delivery import DeliveryTxn, LocalDelivery
 from postfach.errors import SmtpError
 from postfach.limits import Limits
+from postfach.smtp import lean
 from postfach.smtp.address import FastAddressSMTP
 from postfach.smtp.data import BlockDataSMTP
 from postfach.smtp.graceful import GracefulSMTP
@@ -60,33 +61,61 @@ def with_enhanced_code(line: str) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
+def reply_text(status: str, extended: bool) -> str:
+    """A reply as sent: control characters replaced, and after EHLO (``extended``) every line
+    with an enhanced status code, except the lines of the EHLO answer itself."""
+    if _CONTROL.search(status):
+        status = _CONTROL.sub("?", status)
+    if extended and not (status.startswith("250-") or status == EHLO_LAST):
+        status = "\r\n".join(with_enhanced_code(x) for x in status.split("\r\n"))
+    return status
+
+
+# Most replies are a few fixed texts: their rewritten form is kept (bounded: replies that echo
+# an address or carry a SASL challenge fill it up, and a full cache starts over).
+_REPLY_CACHE: dict[tuple[str, bool], str] = {}
+_REPLY_CACHE_MAX = 256
+
+
 class _EnhancedCodes:
     """Mixin: every reply after EHLO carries an enhanced status code (RFC 2034 §3); control
     characters in reply text become ``?``."""
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str) and _CONTROL.search(status):
-            status = _CONTROL.sub("?", status)
-        session = getattr(self, "session", None)
-        ehlo_line = isinstance(status, str) and (status.startswith("250-") or status == EHLO_LAST)
-        if (
-            isinstance(status, str)
-            and session is not None
-            and session.extended_smtp
-            and not ehlo_line
-        ):
-            status = "\r\n".join(with_enhanced_code(x) for x in status.split("\r\n"))
+        if isinstance(status, str):
+            session = getattr(self, "session", None)
+            key = (status, session is not None and bool(session.extended_smtp))
+            text = _REPLY_CACHE.get(key)
+            if text is None:
+                text = reply_text(*key)
+                if len(_REPLY_CACHE) >= _REPLY_CACHE_MAX:
+                    _REPLY_CACHE.clear()  # full of one-off texts: the frequent ones come back
+                _REPLY_CACHE[key] = text
+            status = text
         await super().push(status)  # type: ignore[misc]
 
 
 class PostfachSMTP(
-    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP
+    GracefulSMTP,
+    lean.LazyTimeout,
+    _EnhancedCodes,
+    HeldReplies,
+    LimitedSMTP,
+    BlockDataSMTP,
+    FastAddressSMTP,
 ):
     pass
 
 
 class PostfachLMTP(
-    GracefulSMTP, _EnhancedCodes, HeldReplies, LimitedSMTP, BlockDataSMTP, FastAddressSMTP, LMTP
+    GracefulSMTP,
+    lean.LazyTimeout,
+    _EnhancedCodes,
+    HeldReplies,
+    LimitedSMTP,
+    BlockDataSMTP,
+    FastAddressSMTP,
+    LMTP,
 ):
     pass
 
@@ -226,6 +255,7 @@ def make_smtp_factory(
     """A protocol factory for ``loop.create_server`` (one aiosmtpd protocol per connection)."""
     handler = InboundHandler(delivery, lmtp=lmtp)
     shared = ConnectionLimits(limits)
+    lean.install()
 
     def factory() -> SMTP:
         cls = PostfachLMTP if lmtp else PostfachSMTP
