@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from postfach import privileges
 from postfach.auth.passwords import Authenticator
-from postfach.auth.throttle import LoginThrottle
+from postfach.auth.throttle import LoginThrottle, Throttle
 from postfach.config import Address, Config, ConfigError, listener_items
 from postfach.control import WAKE_SIGNAL, PidFile
 from postfach.datadir import StartupError, open_store
@@ -40,6 +40,7 @@ from postfach.queue.runner import QueueRunner
 from postfach.queue.schedule import Schedule
 from postfach.queue.store import QueueStore
 from postfach.sharedcounts import SharedCounts
+from postfach.sharedthrottle import SharedThrottle
 from postfach.smtp.client import Resolver, SmtpClient
 from postfach.smtp.graceful import DATA_GRACE, SmtpListener
 from postfach.smtp.handler import make_smtp_factory
@@ -71,11 +72,12 @@ class WorkerRole:
     the listeners (``sockets``), prepared the data directory and holds the pid file. Worker 0 is
     the primary: it alone runs the outbound queue runner and the full-text indexer; the others
     ask it to look at the queue through ``wake_runner``. ``counts`` holds the connection and
-    session counts of all workers."""
+    session counts of all workers, ``throttle`` their failed logins."""
 
     index: int
     sockets: dict[str, socket.socket]
     counts: SharedCounts
+    throttle: SharedThrottle
     wake_runner: Callable[[], None]
 
     @property
@@ -160,15 +162,7 @@ class App:
             ),
             structure=parse_for_storage,
         )
-        a = cfg.auth
-        throttle = LoginThrottle(
-            base=a.failure_delay,
-            ceiling=a.max_failure_delay,
-            window=a.lockout_window,
-            ip_limit=a.lockout_ip,
-            account_limit=a.lockout_account,
-            lockout=a.lockout_duration,
-        )
+        throttle: Throttle = login_throttle(cfg) if worker is None else worker.throttle
         # One authenticator (and so one throttle) for POP3, IMAP and submission.
         auth = Authenticator(store.password_hash, throttle, rehash=store.areplace_password)
         self.queue = queue = QueueStore(cfg.data_dir)
@@ -454,6 +448,19 @@ class App:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def login_throttle(cfg: Config) -> LoginThrottle:
+    """The failed-login delay and lockout of ``[auth]``."""
+    a = cfg.auth
+    return LoginThrottle(
+        base=a.failure_delay,
+        ceiling=a.max_failure_delay,
+        window=a.lockout_window,
+        ip_limit=a.lockout_ip,
+        account_limit=a.lockout_account,
+        lockout=a.lockout_duration,
+    )
 
 
 def _listen_error(name: str, addr: Address, exc: OSError) -> StartupError:

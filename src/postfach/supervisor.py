@@ -8,7 +8,8 @@ One process and one event loop use one CPU core. With ``workers = N > 1`` the pr
    (`sweep_leftovers`: only here, never while workers write), makes the certificate if there
    is none and closes the store again, so that no thread exists when it forks.
    It takes the pid file (`postfach.control`).
-2. It makes the shared counter table (`postfach.sharedcounts`) and forks N workers. Each runs the
+2. It makes the shared counter table (`postfach.sharedcounts`) and the shared failed-login
+   throttle (`postfach.sharedthrottle`) and forks N workers. Each runs the
    normal `postfach.app.App` on the inherited listening sockets: all workers accept from one
    accept queue per listener, and the kernel hands each connection to one of them. Worker 0 is
    the primary: it alone runs the outbound queue runner and the full-text indexer.
@@ -45,12 +46,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from postfach import privileges
-from postfach.app import RUNNER_SIGNAL, App, WorkerRole, _bind
+from postfach.app import RUNNER_SIGNAL, App, WorkerRole, _bind, login_throttle
 from postfach.config import Address, Config, listener_items
 from postfach.control import WAKE_SIGNAL, PidFile
 from postfach.datadir import StartupError, open_store
 from postfach.queue.store import QueueStore
 from postfach.sharedcounts import SharedCounts
+from postfach.sharedthrottle import SharedThrottle
 from postfach.tls import ReloadableTls, ensure_self_signed
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}
         self.backoff: dict[int, float] = {}
         self.counts: SharedCounts | None = None
+        self.throttle: SharedThrottle | None = None
         self.pidfile: PidFile | None = None
         self.stopping = False
         self.started = False  # every first worker reported that it listens
@@ -122,6 +125,8 @@ class Supervisor:
                 self.pidfile.release()
             if self.counts is not None:
                 self.counts.close()
+            if self.throttle is not None:
+                self.throttle.close()
             signal.set_wakeup_fd(-1)
         return 1 if self.failed else 0
 
@@ -162,6 +167,7 @@ class Supervisor:
         except OSError as exc:
             log.warning("event=pidfile_unavailable path=%s reason=%r", pidfile.path, str(exc))
         self.counts = SharedCounts(self.count)
+        self.throttle = SharedThrottle(login_throttle(cfg))
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if others:  # a thread would not exist in the children (and may hold a lock)
             log.warning("event=threads_at_fork threads=%s", ",".join(others))
@@ -202,14 +208,14 @@ class Supervisor:
             signal.signal(sig, signal.SIG_IGN)
         if self.pidfile is not None:
             self.pidfile.close_inherited()
-        assert self.counts is not None
+        assert self.counts is not None and self.throttle is not None
         self.counts.column = index
 
         def wake_runner() -> None:
             with contextlib.suppress(OSError):
                 os.kill(parent, RUNNER_SIGNAL)
 
-        role = WorkerRole(index, self.sockets, self.counts, wake_runner)
+        role = WorkerRole(index, self.sockets, self.counts, self.throttle, wake_runner)
         try:
             asyncio.run(self._serve(role, ready))
         except StartupError as exc:
