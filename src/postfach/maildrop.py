@@ -1,4 +1,5 @@
-"""POP3's view of an account: INBOX as it was at login, locked while in TRANSACTION (services).
+"""POP3's view of an account: INBOX as it was at login, locked while in TRANSACTION (services;
+the lock holds across processes, `postfach.store.locks`).
 
 Implements the backend contract of `postfach.pop3.session` over the store. Deletions become one
 expunge at QUIT, which reaches IMAP sessions through the hub like any other change.
@@ -62,7 +63,7 @@ class StoreMaildrop:
     async def release(self) -> None:
         if not self._released:
             self._released = True
-            self._hub.unlock_maildrop(self._account_id)
+            self._store.unlock_maildrop(self._account_id)
             self._hub.sessions.release(self._account_id)
 
 
@@ -84,12 +85,12 @@ class StorePop3Backend:
             raise NotFound(f"{account}: no INBOX")
         if not self._hub.sessions.acquire(acc.id):
             raise TooManySessions(account)
-        if not self._hub.try_lock_maildrop(acc.id):
+        if not self._store.try_lock_maildrop(acc.id):
             self._hub.sessions.release(acc.id)
             raise MailboxInUse(account)
         try:
             return StoreMaildrop(self._store, self._hub, acc.id, box.id, box.uidvalidity)
         except BaseException:
-            self._hub.unlock_maildrop(acc.id)
+            self._store.unlock_maildrop(acc.id)
             self._hub.sessions.release(acc.id)
             raise

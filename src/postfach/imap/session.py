@@ -113,6 +113,7 @@ from postfach.store.api import (
     Account,
     AccountDeleted,
     Change,
+    ChangesLost,
     Flag,
     Mailbox,
     MailboxesChanged,
@@ -418,7 +419,8 @@ class ImapSession:
         self._auth_failures = 0
         self._closing = False
         self._feeding = False  # commands are being run (`feed`)
-        self._account_gone = False  # deleted while a command ran: BYE when it is answered
+        # account deleted (or its state lost) while a command ran: BYE when it is answered
+        self._account_gone: tuple[str, str] | None = None
         self._session_account: int | None = None  # holds a place in hub.sessions
         self.close_reason = "logout"
 
@@ -499,7 +501,7 @@ class ImapSession:
             await self._feed_commands()
         finally:
             self._feeding = False
-        if self._account_gone:
+        if self._account_gone is not None:
             self._end_deleted()
 
     async def _feed_commands(self) -> None:
@@ -646,6 +648,11 @@ class ImapSession:
                     "CLIENTBUG", f"{_command_name(cmd)} not allowed in {self._state.value} state"
                 )
             if self._state in (State.AUTHENTICATED, State.SELECTED) and type(cmd) is not c.Logout:
+                # Hear first what other processes committed before this command arrived (the
+                # store's change feed), so that no command misses a change another worker's
+                # client was already told of.
+                self._store.sync_feed()
+                await self._backend.hub.settled()
                 self._account()  # an administrator deleted the account meanwhile: BYE
             result = await getattr(self, _HANDLERS[type(cmd)])(cmd)
         except ImapResult as exc:
@@ -1382,10 +1389,17 @@ class ImapSession:
 
     def _on_change(self, change: Change) -> None:
         """Every committed change of this account, on the event loop (see module docstring)."""
-        if isinstance(change, AccountDeleted):
+        if isinstance(change, (AccountDeleted, ChangesLost)):
             # BYE now, unless a command's response is being written (it must not be cut in
             # two): then when it is done (`feed`). IDLE has no response in progress.
-            self._account_gone = True
+            # ChangesLost: this process missed changes made by another one (the store's change
+            # feed), so what the view holds may be wrong; the client resyncs on reconnecting.
+            if self._account_gone is None or isinstance(change, AccountDeleted):
+                self._account_gone = (
+                    ("account no longer exists", "account-deleted")
+                    if isinstance(change, AccountDeleted)
+                    else ("mailbox state lost, please reconnect", "state-lost")
+                )
             if not self._feeding or self._idle_tag is not None:
                 self._end_deleted()
             return
@@ -1402,10 +1416,12 @@ class ImapSession:
             asyncio.get_running_loop().call_soon(self._idle_flush)
 
     def _end_deleted(self) -> None:
-        """RFC 9051 §7.1.5: the account was deleted by an administrator: BYE and close."""
-        if not self._closing:
-            log.info("conn=%s event=account-deleted account=%r", self._conn_id, self._account_name)
-            self._bye("account no longer exists", "account-deleted")
+        """RFC 9051 §7.1.5: the account was deleted by an administrator, or this session's
+        state was lost (`ChangesLost`): BYE and close."""
+        if not self._closing and self._account_gone is not None:
+            text, reason = self._account_gone
+            log.info("conn=%s event=%s account=%r", self._conn_id, reason, self._account_name)
+            self._bye(text, reason)
             self._out.end()
 
     def _flush_updates(self, *, expunge: bool) -> None:

@@ -193,4 +193,15 @@ class AccountDeleted(Change):
     """The account is gone (``postfach user del``): its sessions end now."""
 
 
+#: `ChangesLost.account_id` when every account may be affected.
+ALL_ACCOUNTS = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesLost(Change):
+    """Changes made by another process may have been missed (this process fell behind the
+    store's change feed further than it keeps them): what the sessions of the account (of every
+    account with `ALL_ACCOUNTS`) hold may be stale, so they end and the clients resync."""
+
+
 Publisher = Callable[[list[Change]], None]

@@ -6,19 +6,24 @@ an IDLE waiter, a POP3 session) gets them in commit order. Because the writer pu
 resolves the futures of the same commit, and both travel through the loop's FIFO ready queue, a
 session is always told of a change before the client that made it gets its answer.
 
-POP3 maildrop locks (RFC 1939 §8: exclusive access during TRANSACTION) live here too: they are
-per process, which is correct while one process serves an account. So does the count of
-logged-in IMAP and POP3 sessions per account (``sessions``, `postfach.limits.SessionCounter`).
+Changes committed by other processes on the same data directory reach the hub through the
+store's change feed (`postfach.store.feed`): the store calls `publish` from its feed thread too.
+``ChangesLost(ALL_ACCOUNTS)`` (the feed lost track) goes to the subscribers of every account.
+
+The count of logged-in IMAP and POP3 sessions per account (``sessions``,
+`postfach.limits.SessionCounter`) lives here; it is per process. POP3 maildrop locks hold across
+processes and live with the store (`postfach.store.locks`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 
 from postfach.limits import SessionCounter
-from postfach.store.api import AccountDeleted, Change
+from postfach.store.api import ALL_ACCOUNTS, AccountDeleted, Change, ChangesLost
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,9 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
         self._subs: dict[int, set[Subscriber]] = {}
-        self._maildrop_locks: set[int] = set()
+        self._queued = 0  # batches handed to the loop (under _queue_lock) ...
+        self._delivered = 0  # ... and dispatched there, in the same order
+        self._queue_lock = threading.Lock()
         #: logged-in IMAP and POP3 sessions per account (no limit until the app sets one)
         self.sessions = SessionCounter()
 
@@ -52,18 +59,30 @@ class Hub:
         return unsubscribe
 
     def publish(self, changes: list[Change]) -> None:
-        """Called from the writer thread after COMMIT (or from the loop itself)."""
+        """Called from the writer thread after COMMIT, from the change feed's thread, or from
+        the loop itself. Always dispatched later, on the loop, in the order published (also
+        when called on the loop: a batch must not overtake one still queued)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._dispatch(changes)
-        else:
-            loop.call_soon_threadsafe(self._dispatch, changes)
+        with self._queue_lock:
+            try:
+                loop.call_soon_threadsafe(self._deliver, changes)
+            except RuntimeError:  # closed meanwhile
+                return
+            self._queued += 1
+
+    def _deliver(self, changes: list[Change]) -> None:
+        self._delivered += 1
+        self._dispatch(changes)
+
+    async def settled(self) -> None:
+        """Return once every batch published before this call has been dispatched (on the
+        loop). A session calls it after `SqliteMailstore.sync_feed` before it runs a command,
+        so that it has heard of every change committed before the command arrived."""
+        target = self._queued
+        while self._delivered < target:
+            await asyncio.sleep(0)
 
     def recheck_accounts(self, exists: Callable[[int], bool]) -> None:
         """Tell the subscribers of every account that no longer exists (deleted by another
@@ -74,19 +93,11 @@ class Hub:
 
     def _dispatch(self, changes: list[Change]) -> None:
         for change in changes:
+            if isinstance(change, ChangesLost) and change.account_id == ALL_ACCOUNTS:
+                self._dispatch([ChangesLost(a) for a in list(self._subs)])
+                continue
             for fn in list(self._subs.get(change.account_id, ())):
                 try:
                     fn(change)
                 except Exception:
                     log.exception("event=subscriber_failed account=%d", change.account_id)
-
-    # ---- POP3 maildrop locks ------------------------------------------------------------------
-
-    def try_lock_maildrop(self, account_id: int) -> bool:
-        if account_id in self._maildrop_locks:
-            return False
-        self._maildrop_locks.add(account_id)
-        return True
-
-    def unlock_maildrop(self, account_id: int) -> None:
-        self._maildrop_locks.discard(account_id)

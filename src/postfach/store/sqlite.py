@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -43,6 +44,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
 from postfach.mime.stored import load_parsed
 from postfach.mime.structure import parse, search_text
+from postfach.store import feed
 from postfach.store.api import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -62,6 +64,7 @@ from postfach.store.api import (
     MessagesExpunged,
     Publisher,
 )
+from postfach.store.locks import MaildropLocks
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +214,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP TABLE blobs;
     ALTER TABLE blobs_new RENAME TO blobs;
     """,
+    # 9: the change feed (`postfach.store.feed`): each group commit that changed something
+    # records its `Change` events here, in the same transaction, so that the other processes on
+    # this data directory (server workers, the admin commands) can tell their sessions.
+    # AUTOINCREMENT: a sequence number is never reused, even after pruning.
+    """
+    CREATE TABLE IF NOT EXISTS change_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        origin INTEGER NOT NULL,
+        at REAL NOT NULL,
+        payload BLOB NOT NULL
+    );
+    """,
 )
 
 
@@ -322,6 +337,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SqliteMailstore:
     """The Mailstore over SQLite (see module docstring for the concurrency rules)."""
 
+    #: seconds between two looks at the change feed (`postfach.store.feed`)
+    feed_interval: float = feed.INTERVAL
+
     def __init__(
         self,
         directory: Path,
@@ -338,6 +356,12 @@ class SqliteMailstore:
         self.inline_max = inline_max
         self._batch_max = batch_max
         self._publish = publish
+        #: this instance's mark on its change feed rows (its follower skips them)
+        self.origin = secrets.randbits(63) or 1
+        self._feed: feed.Follower | None = None
+        self._next_prune = 0.0
+        #: POP3 maildrop locks, shared with every process on this data directory
+        self.maildrop_locks = MaildropLocks(self.directory / "locks" / "maildrop")
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.tmp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
@@ -345,6 +369,10 @@ class SqliteMailstore:
         self._readers_lock = threading.Lock()
         wconn = _connect(self.db_path)
         self._migrate(wconn)
+        #: the schema has the change feed (a test may run an older schema's migrations only)
+        self._has_feed = bool(
+            wconn.execute("SELECT 1 FROM sqlite_master WHERE name='change_log'").fetchone()
+        )
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
         self._writer = threading.Thread(
@@ -361,11 +389,65 @@ class SqliteMailstore:
                 target=self._indexer_loop, name="postfach-indexer", daemon=True
             )
             self._indexer.start()
+        if publish is not None:
+            self._follow()
 
     # ---- plumbing -----------------------------------------------------------------------------
 
     def set_publisher(self, publish: Publisher | None) -> None:
+        """Where the changes go: this store's own commits' (from the writer thread, after each
+        COMMIT), and from the first call with a publisher on, those other processes commit to
+        the same data directory (from the change feed's thread, `postfach.store.feed`)."""
         self._publish = publish
+        if publish is not None:
+            self._follow()
+
+    def _follow(self) -> None:
+        if self._feed is None and not self._closed and self._has_feed:
+            self._feed = feed.Follower(
+                self.db_path, self.origin, self._publish_foreign, self.feed_interval
+            )
+
+    def try_lock_maildrop(self, account_id: int) -> bool:
+        """RFC 1939 §8: exclusive access to the account's maildrop, across processes; False
+        while another session (of this process or another) holds it (`postfach.store.locks`)."""
+        return self.maildrop_locks.try_lock(account_id)
+
+    def unlock_maildrop(self, account_id: int) -> None:
+        self.maildrop_locks.unlock(account_id)
+
+    def _publish_foreign(self, changes: list[Change]) -> None:
+        publish = self._publish
+        if publish is not None:
+            publish(changes)
+
+    def _record_changes(self, conn: sqlite3.Connection, changes: list[Change]) -> int:
+        """The group's changes into the change feed, inside its transaction; old rows pruned
+        now and then (`postfach.store.feed`). The row's ``seq``."""
+        seq = feed.record(conn, self.origin, changes)
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + feed.PRUNE_EVERY
+            feed.prune(conn, time.time())
+        return seq
+
+    def _publish_own(self, conn: sqlite3.Connection, seq: int, changes: list[Change]) -> None:
+        """After COMMIT: through the follower when there is one (so that the changes other
+        processes committed before ours are published first), else straight to the publisher."""
+        follower = self._feed
+        if follower is not None and seq:
+            follower.publish_own(conn, seq, changes)
+        elif self._publish is not None:
+            self._publish(changes)
+
+    def sync_feed(self) -> None:
+        """Publish now what other processes have committed (the follower's thread does it
+        every `feed.INTERVAL` seconds): an IMAP session calls it, and then `Hub.settled`,
+        before each command, so a command never misses a change committed before it arrived,
+        whichever process made it. Costs one ``PRAGMA data_version`` when nothing changed."""
+        follower = self._feed
+        if follower is not None:
+            follower.poll()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -492,7 +574,10 @@ class SqliteMailstore:
             except BaseException as exc:  # the savepoint statements themselves failed
                 self._abandon(conn, batch, ops, exc)
                 return
+        seq = 0  # this commit's row in the change feed
         try:
+            if batch.changes and self._has_feed:
+                seq = self._record_changes(conn, batch.changes)
             for d in batch.fsync_dirs:
                 _fsync_dir(d)
             conn.execute("COMMIT")
@@ -506,9 +591,9 @@ class SqliteMailstore:
         if any(isinstance(c, MessageAdded) for c in batch.changes):
             self._last_added = time.monotonic()
             self._index_wakeup.set()
-        if batch.changes and self._publish is not None:
+        if batch.changes:
             try:
-                self._publish(batch.changes)
+                self._publish_own(conn, seq, batch.changes)
             except Exception:
                 log.exception("event=publish_failed")
         for op, result, error in outcomes:
@@ -589,8 +674,11 @@ class SqliteMailstore:
         if self._indexer is not None:
             self._indexer.join(timeout=30)
         self._closed = True
+        if self._feed is not None:
+            self._feed.stop()
         self._queue.put(None)
         self._writer.join(timeout=30)
+        self.maildrop_locks.release_all()
         with self._readers_lock:
             for c in self._readers:
                 with contextlib.suppress(sqlite3.Error):
