@@ -47,6 +47,8 @@ def running(data: Path, workers: int = 2) -> Iterator[ServerProcess]:
     server = spawn(data, workers=workers)
     try:
         yield server
+        log = server.log_text()
+        assert "Traceback" not in log and "event=threads_at_fork" not in log, log[-3000:]
     finally:
         server.kill()
         for pid in server.tree()[1:]:
@@ -312,9 +314,13 @@ def test_idle_hears_a_delivery_made_by_another_worker(tmp_path: Path) -> None:
     if not (Path(__file__).resolve().parents[2] / "src/postfach/store/feed.py").exists():
         pytest.skip("the cross-process change feed (store/feed.py) is not in this tree")
     with running(_data(tmp_path)) as server:
-        watchers = []
-        for _ in range(4):  # IDLE on both workers, whichever gets which connection
-            m = imaplib.IMAP4("127.0.0.1", server.port("imap"), timeout=15)
+        watchers: list[imaplib.IMAP4] = []
+        port = server.port("imap")
+        workers = children(server.pid)
+        # IDLE sessions until each worker holds some (the kernel decides who gets which).
+        while len(watchers) < 4 or not all(established(p, port) for p in workers):
+            assert len(watchers) < 16, "every IDLE connection went to the same worker"
+            m = imaplib.IMAP4("127.0.0.1", port, timeout=15)
             m.login(USER, PASSWORD)
             m.select("INBOX")
             tag = m._new_tag().decode()  # type: ignore[attr-defined]
