@@ -101,6 +101,7 @@ class Supervisor:
         self._pending: list[int] = []
         self._wake_r, self._wake_w = -1, -1
         self._no_accounts = False
+        self._stop_requested = False
 
     # ---- start ---------------------------------------------------------------------------------
 
@@ -260,6 +261,8 @@ class Supervisor:
             self._handle_signals()
             self._reap()
             self._restart_due()
+            if self._stop_requested and self.failed:
+                self._stop()
             if not self.started and not self.stopping and time.monotonic() > deadline:
                 log.error("event=workers_not_started seconds=%d", _STARTUP_TIMEOUT)
                 self.failed = True
@@ -283,11 +286,17 @@ class Supervisor:
                 host, port = sock.getsockname()[:2]
                 addresses[name] = (str(host), int(port))
             self.banner(addresses, self._no_accounts)
+            if self._stop_requested:
+                self._stop()
 
     def _handle_signals(self) -> None:
         pending, self._pending = self._pending, []
         for sig in pending:
-            if sig in (signal.SIGTERM, signal.SIGINT):
+            if sig in (signal.SIGTERM, signal.SIGINT) and not self.started and not self.failed:
+                # As a single process: a stop asked for during the start comes after it (the
+                # banner tells what was listening), unless the start fails.
+                self._stop_requested = True
+            elif sig in (signal.SIGTERM, signal.SIGINT):
                 self._stop()
             elif sig in (signal.SIGHUP, WAKE_SIGNAL):
                 self._send_all(sig)

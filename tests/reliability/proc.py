@@ -34,6 +34,25 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Some thread of the process has not finished exiting. A killed process's main thread
+    can be a zombie while its other threads still exit, holding the files (and locks) that the
+    threads share; all of them are released only when the last thread is gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({f"POSTFACH_{name.upper()}": "127.0.0.1:0" for name in LISTENERS})
@@ -66,10 +85,19 @@ class ServerProcess:
         return [self.pid, *children(self.pid)]
 
     def kill(self) -> None:
-        """SIGKILL: no handler runs, nothing is flushed that was not already written."""
+        """SIGKILL: no handler runs, nothing is flushed that was not already written. With
+        worker processes, SIGKILL to the supervisor only: the kernel kills the workers
+        (``PR_SET_PDEATHSIG``); this returns once they are gone too, as after a single
+        process's death (their locks and ports are free)."""
+        workers = children(self.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in workers):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker processes outlived the server: {workers}")
+            time.sleep(0.01)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; the exit status."""

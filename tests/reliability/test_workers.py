@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from proc import LISTENERS, ServerProcess, children, spawn
+from proc import LISTENERS, ServerProcess, alive, children, spawn
 
 from postfach.auth.passwords import hash_password
 from postfach.store.sqlite import SqliteMailstore
@@ -74,8 +74,8 @@ def greeting(server: ServerProcess, name: str) -> bytes:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         sock = ctx.wrap_socket(raw)
-    with sock:
-        return sock.makefile("rb").readline()
+    with sock, sock.makefile("rb") as f:
+        return f.readline()
 
 
 def established(pid: int, port: int) -> int:
@@ -138,13 +138,15 @@ def test_every_listener_answers_and_connections_go_to_both_workers(tmp_path: Pat
             assert greeting(server, name).startswith(expected[name.encode()]), name
         # Hold 40 IMAP connections: the kernel hands each to one worker; both get some.
         port = server.port("imap")
+        before = {pid: established(pid, port) for pid in workers}
         held = []
         for _ in range(40):
             s = socket.create_connection(("127.0.0.1", port), timeout=15)
-            assert s.makefile("rb").readline().startswith(b"* OK")
+            with s.makefile("rb") as f:
+                assert f.readline().startswith(b"* OK")
             held.append(s)
             time.sleep(0.01)
-        spread = {pid: established(pid, port) for pid in workers}
+        spread = {pid: established(pid, port) - before[pid] for pid in workers}
         print(f"\n40 IMAP connections per worker: {spread}")
         assert sum(spread.values()) == 40, spread
         assert all(n > 0 for n in spread.values()), spread
@@ -175,7 +177,7 @@ def test_sigterm_is_a_graceful_stop_of_every_worker(tmp_path: Path) -> None:
         for (name, _i), (s, f) in clients.items():
             assert f.readline().startswith(goodbye[name]), name
             s.close()
-        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in workers), 5, "workers")
+        wait_for(lambda: not any(alive(p) for p in workers), 5, "workers")
         assert all(port_free(p) for p in ports)
         assert not (data / "postfach.pid").exists()
         log = server.log_text()
@@ -192,7 +194,7 @@ def test_sigkill_of_the_supervisor_takes_the_workers_and_frees_the_ports(tmp_pat
     ports = {n: server.port(n) for n in LISTENERS}
     assert len(workers) == 2
     server.kill()
-    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in workers), 2, "workers gone")
+    wait_for(lambda: not any(alive(p) for p in workers), 2, "workers gone")
     assert all(port_free(p) for p in ports.values())
     # A new server on the very same ports, at once (what the chaos tests do).
     again = spawn(
