@@ -16,11 +16,11 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from postfach import privileges
 from postfach.auth.passwords import Authenticator
-from postfach.auth.throttle import LoginThrottle
+from postfach.auth.throttle import LoginThrottle, Throttle
 from postfach.config import Address, Config, ConfigError, listener_items
 from postfach.control import WAKE_SIGNAL, PidFile
 from postfach.datadir import StartupError, open_store
@@ -28,7 +28,7 @@ from postfach.delivery import DeliverySettings, LocalDelivery
 from postfach.dkim import DkimKeys
 from postfach.imap.server import start_imap_server
 from postfach.imap.session import ImapBackend, ImapSettings
-from postfach.limits import SessionCounter
+from postfach.limits import Limits, SessionCounter
 from postfach.listener import LISTEN_BACKLOG, raise_file_limit
 from postfach.maildrop import StorePop3Backend
 from postfach.mime.stored import parse_for_storage
@@ -39,6 +39,8 @@ from postfach.queue.bounce import Bouncer
 from postfach.queue.runner import QueueRunner
 from postfach.queue.schedule import Schedule
 from postfach.queue.store import QueueStore
+from postfach.sharedcounts import SharedCounts
+from postfach.sharedthrottle import SharedThrottle
 from postfach.smtp.client import Resolver, SmtpClient
 from postfach.smtp.graceful import DATA_GRACE, SmtpListener
 from postfach.smtp.handler import make_smtp_factory
@@ -49,6 +51,10 @@ from postfach.tls import ReloadableTls, ensure_self_signed
 
 log = logging.getLogger(__name__)
 
+#: a worker that is not the primary asks the supervisor with this signal to wake the primary's
+#: queue runner, which the supervisor then sends it (postfach.supervisor)
+RUNNER_SIGNAL = signal.SIGUSR2
+
 #: how long a stopping server waits for its connections to finish before dropping them (must
 #: exceed the SMTP DATA grace; the whole stop stays under 10 s)
 STOP_GRACE = DATA_GRACE + 2.0
@@ -58,6 +64,25 @@ def _account_wants_copy(store: SqliteMailstore, name: str) -> bool:
     """The account's own ``sent_copy`` setting (``postfach user set ADDR sent_copy auto``)."""
     account = store.get_account(name)
     return account is not None and account.sent_copy == "auto"
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """An `App` running as one of the worker processes of `postfach.supervisor`, which has bound
+    the listeners (``sockets``), prepared the data directory and holds the pid file. Worker 0 is
+    the primary: it alone runs the outbound queue runner and the full-text indexer; the others
+    ask it to look at the queue through ``wake_runner``. ``counts`` holds the connection and
+    session counts of all workers, ``throttle`` their failed logins."""
+
+    index: int
+    sockets: dict[str, socket.socket]
+    counts: SharedCounts
+    throttle: SharedThrottle
+    wake_runner: Callable[[], None]
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
 
 
 @dataclass
@@ -78,6 +103,7 @@ class App:
     config_loader: Callable[[], Config] | None = None
     tls: ReloadableTls | None = None
     pidfile: PidFile | None = None
+    worker: WorkerRole | None = None
     _stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -94,8 +120,10 @@ class App:
                 loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         # As root: bind every listener now, then become [server] user for good.
         bound: dict[str, socket.socket] = {}
-        run_as = privileges.plan(cfg)
-        if run_as is not None:
+        run_as = privileges.plan(cfg) if self.worker is None else None
+        if self.worker is not None:
+            bound = dict(self.worker.sockets)
+        elif run_as is not None:
             privileges.prepare_data_dir(cfg.data_dir, run_as)
             try:
                 for lname, laddr in listener_items(cfg.listeners):
@@ -107,12 +135,17 @@ class App:
                     sock.close()
                 raise
         self._check_file_limit()
-        self.store = store = open_store(cfg.data_dir)
-        temps, orphans = store.sweep_leftovers()  # after a crash: files no commit kept
-        if temps or orphans:
-            log.info("event=swept_leftovers temp_files=%d blob_files=%d", temps, orphans)
+        worker = self.worker
+        self.store = store = open_store(cfg.data_dir, index_text=worker is None or worker.primary)
+        if worker is None:  # a supervisor sweeps before its workers start, never while they run
+            temps, orphans = store.sweep_leftovers()  # after a crash: files no commit kept
+            if temps or orphans:
+                log.info("event=swept_leftovers temp_files=%d blob_files=%d", temps, orphans)
         self.hub.bind(asyncio.get_running_loop())
-        self.hub.sessions = SessionCounter(cfg.limits.max_sessions_per_user)
+        self.hub.sessions = SessionCounter(
+            cfg.limits.max_sessions_per_user,
+            shared=worker.counts.scoped("sessions") if worker is not None else None,
+        )
         store.set_publisher(self.hub.publish)
         try:
             self.created_certificate = ensure_self_signed(cfg.cert_path, cfg.key_path, cfg.hostname)
@@ -129,15 +162,7 @@ class App:
             ),
             structure=parse_for_storage,
         )
-        a = cfg.auth
-        throttle = LoginThrottle(
-            base=a.failure_delay,
-            ceiling=a.max_failure_delay,
-            window=a.lockout_window,
-            ip_limit=a.lockout_ip,
-            account_limit=a.lockout_account,
-            lockout=a.lockout_duration,
-        )
+        throttle: Throttle = login_throttle(cfg) if worker is None else worker.throttle
         # One authenticator (and so one throttle) for POP3, IMAP and submission.
         auth = Authenticator(store.password_hash, throttle, rehash=store.areplace_password)
         self.queue = queue = QueueStore(cfg.data_dir)
@@ -173,6 +198,8 @@ class App:
             sent_copy=outbound.place_sent_copy,
         )
         bouncer.wake = outbound.wake = runner.wake
+        if worker is not None and not worker.primary:
+            bouncer.wake = outbound.wake = worker.wake_runner
         pop3_backend = StorePop3Backend(store, self.hub, auth)
         ls = cfg.listeners
         try:
@@ -186,7 +213,7 @@ class App:
                     data_size_limit=cfg.max_message_size,
                     lmtp=lmtp,
                     timeout=cfg.smtp_timeout,
-                    limits=cfg.limits,
+                    limits=self._limits(name),
                 )
                 await self._listen(
                     name,
@@ -211,7 +238,7 @@ class App:
                     plaintext_auth_on_loopback=cfg.allow_plaintext_on_loopback,
                     plaintext_auth=cfg.allow_plaintext,
                     timeout=cfg.smtp_timeout,
-                    limits=cfg.limits,
+                    limits=self._limits(name),
                 )
                 # Implicit TLS too: the protocol starts it once the connection is admitted.
                 await self._listen(
@@ -242,7 +269,7 @@ class App:
                         ssl_context=tls,
                         implicit_tls=implicit,
                         sock=bound.get(name),
-                        limits=cfg.limits,
+                        limits=self._limits(name),
                     ),
                 )
             imap_backend = ImapBackend(store, self.hub, auth.authenticate)
@@ -271,11 +298,12 @@ class App:
                         ssl_context=tls,
                         implicit_tls=implicit,
                         sock=bound.get(name),
-                        limits=cfg.limits,
+                        limits=self._limits(name),
                     ),
                 )
-            runner.start()
-            if os.geteuid() == 0:
+            if worker is None or worker.primary:
+                runner.start()
+            if os.geteuid() == 0 and (worker is None or worker.primary):
                 log.warning("event=running_as_root hint=set [server] user or POSTFACH_USER")
             self._claim_pidfile(loop, runner)
         except BaseException:
@@ -309,6 +337,12 @@ class App:
             return False
         log.info("event=tls-reload result=ok cert=%s sha256=%s", cfg.cert_path, shown)
         return True
+
+    def _limits(self, listener: str) -> Limits:
+        """``[limits]`` for one listener: in a worker, counted together with the other workers."""
+        if self.worker is None:
+            return self.config.limits
+        return replace(self.config.limits, shared=self.worker.counts.scoped(listener))
 
     def _check_file_limit(self) -> None:
         """Every listener may hold ``max_connections``: make room for them (plus the store's
@@ -353,6 +387,10 @@ class App:
         if threading.current_thread() is not threading.main_thread():
             return
         loop.add_signal_handler(WAKE_SIGNAL, self._woken, runner)  # before the pid is published
+        if self.worker is not None:  # the supervisor holds the pid file and passes signals on
+            if self.worker.primary:
+                loop.add_signal_handler(RUNNER_SIGNAL, runner.wake)
+            return
         pidfile = PidFile(self.config.data_dir)
         try:
             if pidfile.acquire():
@@ -381,6 +419,11 @@ class App:
             # A late wake-up must not kill us (closing the loop would restore SIG_DFL).
             asyncio.get_running_loop().remove_signal_handler(WAKE_SIGNAL)
             signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
+        if self.worker is not None and threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for sig in (WAKE_SIGNAL, RUNNER_SIGNAL, signal.SIGHUP):  # passed on late: not fatal
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
         for server in self.servers.values():
             server.close()
         waiting = [asyncio.ensure_future(server.wait_closed()) for server in self.servers.values()]
@@ -405,6 +448,19 @@ class App:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def login_throttle(cfg: Config) -> LoginThrottle:
+    """The failed-login delay and lockout of ``[auth]``."""
+    a = cfg.auth
+    return LoginThrottle(
+        base=a.failure_delay,
+        ceiling=a.max_failure_delay,
+        window=a.lockout_window,
+        ip_limit=a.lockout_ip,
+        account_limit=a.lockout_account,
+        lockout=a.lockout_duration,
+    )
 
 
 def _listen_error(name: str, addr: Address, exc: OSError) -> StartupError:

@@ -19,6 +19,11 @@ from postfach.quota import parse_size
 
 CONFIG_NAME = "postfach.toml"
 
+#: ``[server] workers`` when not configured: one per CPU core, at most `MAX_AUTO_WORKERS`
+DEFAULT_WORKERS = "auto"
+MAX_AUTO_WORKERS = 8
+MAX_WORKERS = 64
+
 
 class ConfigError(ValueError):
     """A configuration mistake; the message is one line for the user."""
@@ -128,6 +133,7 @@ class Config:
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig = SubmissionConfig()
     user: str | None = None  # [server] user: whom a server started as root becomes
+    workers: int = 1  # [server] workers: server processes (postfach.supervisor); 1 = no supervisor
     auth: AuthConfig = AuthConfig()
     limits: Limits = field(default_factory=Limits)
 
@@ -276,14 +282,32 @@ def load_config(
     if "submission" in raw:
         updates["submission"] = _submission(raw["submission"])
     if "server" in raw:
-        server = _table(raw["server"], "server", {"user"})
+        server = _table(raw["server"], "server", {"user", "workers"})
         if "user" in server:
             updates["user"] = str(server["user"]).strip() or None
+    workers: Any = raw.get("server", {}).get("workers", DEFAULT_WORKERS)
+    if env.get("POSTFACH_WORKERS"):
+        workers = env["POSTFACH_WORKERS"].strip()
+    updates["workers"] = _workers(workers)
     if env.get("POSTFACH_USER"):
         updates["user"] = env["POSTFACH_USER"].strip()
     if "POSTFACH_POP3_AUTOLOGOUT" in env:
         updates["pop3_autologout"] = _number(env["POSTFACH_POP3_AUTOLOGOUT"], "autologout")
     return replace(cfg, **updates)
+
+
+def _workers(value: Any) -> int:
+    """``auto`` (one per CPU core, at most `MAX_AUTO_WORKERS`) or a count of processes."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            f"[server] workers: expected 'auto' or a number of processes from 1 to {MAX_WORKERS},"
+            f" got {value!r}"
+        )
+    return value
 
 
 def _table(value: Any, name: str, keys: set[str]) -> dict[str, Any]:

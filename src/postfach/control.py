@@ -45,6 +45,13 @@ class PidFile:
         self._fd = fd
         return True
 
+    def close_inherited(self) -> None:
+        """In a forked worker: drop this copy of the descriptor (the lock stays with the
+        supervisor's, and the file stays)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def release(self) -> None:
         if self._fd is None:
             return

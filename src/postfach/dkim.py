@@ -53,13 +53,18 @@ class DkimKeys:
                 serialization.NoEncryption(),
             )
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per worker process
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                os.link(tmp, path)  # the first process's key wins; a later one uses it
+            except FileExistsError:
+                return path.read_bytes()
+            finally:
+                os.unlink(tmp)
             log.info("event=dkim_key_created domain=%s selector=%s", domain, self.selector)
             return pem
 

@@ -9,6 +9,9 @@ No I/O and no clock: the adapters pass the time in (``loop.time()``). What is co
   gone; releasing a slot twice is harmless.
 * `SessionCounter`: one per server process, shared by IMAP and POP3: logged-in sessions per
   account.
+* `CountTable`: with several worker processes (``[server] workers``) both counters keep their
+  counts in a table the workers share (the adapter is `postfach.sharedcounts`), so that a limit
+  holds for the server as a whole and not per process. Without one they count in this process.
 * `input_deadline` / `output_stalled`: the slow-client rules. A started command (or SMTP DATA, or
   an IMAP literal) must be complete by ``start + floor + octets / min_rate``; a client that does
   not read must take at least ``min_rate`` octets per second off a full output buffer.
@@ -18,10 +21,13 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 __all__ = [
     "ConnectionCounter",
+    "CountTable",
     "Limits",
     "Refusal",
     "RefusalLog",
@@ -31,6 +37,24 @@ __all__ = [
     "input_deadline",
     "output_stalled",
 ]
+
+
+class CountTable(Protocol):
+    """Counters shared by the worker processes of one server, keyed by name."""
+
+    def acquire(self, keys: Sequence[tuple[str, int]]) -> int:
+        """Add one to the count of every key, if each is below its limit (0: no limit), as one
+        step; -1 when done, else the position in ``keys`` of the first key at its limit (then
+        nothing was added)."""
+        ...
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Take back one count of every key that this process added."""
+        ...
+
+    def count(self, key: str) -> int:
+        """The key's count over all processes."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +81,8 @@ class Limits:
     min_rate: float = 1024.0
     #: seconds a client may leave a full output buffer unread before it is dropped
     write_timeout: float = 60.0
+    #: where the counts live when worker processes share them (set by the app, never configured)
+    shared: CountTable | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_ip", "max_sessions_per_user"):
@@ -123,22 +149,36 @@ class Slot:
 class ConnectionCounter:
     """The connections of one listener, in total and per client."""
 
-    def __init__(self, max_total: int = 0, max_per_ip: int = 0) -> None:
+    def __init__(
+        self, max_total: int = 0, max_per_ip: int = 0, shared: CountTable | None = None
+    ) -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        #: connections of this process (with ``shared``, the limits apply to all processes')
         self.total = 0
         self._per_key: dict[str, int] = {}
         self.refused = 0
+        self.shared = shared
+
+    @classmethod
+    def for_limits(cls, limits: Limits) -> ConnectionCounter:
+        return cls(limits.max_connections, limits.max_connections_per_ip, limits.shared)
 
     def admit(self, ip: str) -> Slot | Refusal:
         key = client_key(ip)
-        if self.max_total and self.total >= self.max_total:
-            self.refused += 1
-            return Refusal.TOTAL
         held = self._per_key.get(key, 0)
-        if self.max_per_ip and held >= self.max_per_ip:
-            self.refused += 1
-            return Refusal.PER_IP
+        if self.shared is not None:
+            full = self.shared.acquire((("total", self.max_total), ("ip " + key, self.max_per_ip)))
+            if full >= 0:
+                self.refused += 1
+                return Refusal.TOTAL if full == 0 else Refusal.PER_IP
+        else:
+            if self.max_total and self.total >= self.max_total:
+                self.refused += 1
+                return Refusal.TOTAL
+            if self.max_per_ip and held >= self.max_per_ip:
+                self.refused += 1
+                return Refusal.PER_IP
         self.total += 1
         self._per_key[key] = held + 1
         return Slot(self, key)
@@ -147,6 +187,8 @@ class ConnectionCounter:
         return self._per_key.get(client_key(ip), 0)
 
     def _release(self, key: str) -> None:
+        if self.shared is not None:
+            self.shared.release(("total", "ip " + key))
         self.total -= 1
         left = self._per_key[key] - 1
         if left:
@@ -158,25 +200,34 @@ class ConnectionCounter:
 class SessionCounter:
     """Logged-in sessions per account (IMAP and POP3 together)."""
 
-    def __init__(self, max_per_account: int = 0) -> None:
+    def __init__(self, max_per_account: int = 0, shared: CountTable | None = None) -> None:
         self.max_per_account = max_per_account
         self._held: dict[int, int] = {}
+        self.shared = shared
 
     def acquire(self, account_id: int) -> bool:
         held = self._held.get(account_id, 0)
-        if self.max_per_account and held >= self.max_per_account:
+        if self.shared is not None:
+            if self.shared.acquire(((f"account {account_id}", self.max_per_account),)) >= 0:
+                return False
+        elif self.max_per_account and held >= self.max_per_account:
             return False
         self._held[account_id] = held + 1
         return True
 
     def release(self, account_id: int) -> None:
-        left = self._held.get(account_id, 0) - 1
-        if left > 0:
-            self._held[account_id] = left
+        held = self._held.get(account_id, 0)
+        if held and self.shared is not None:
+            self.shared.release((f"account {account_id}",))
+        if held > 1:
+            self._held[account_id] = held - 1
         else:
             self._held.pop(account_id, None)
 
     def held(self, account_id: int) -> int:
+        """Sessions of the account (in every worker process when the counts are shared)."""
+        if self.shared is not None:
+            return self.shared.count(f"account {account_id}")
         return self._held.get(account_id, 0)
 
 

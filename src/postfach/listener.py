@@ -104,7 +104,7 @@ class Listener(asyncio.AbstractServer):
         self.ssl_context = ssl_context
         self.implicit_tls = implicit_tls
         self.limits = limits = limits if limits is not None else Limits()
-        self.counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_ip)
+        self.counter = ConnectionCounter.for_limits(limits)
         self._log = log
         self._server: asyncio.Server | None = None
         self._connections: set[TrackedConnection] = set()

@@ -176,8 +176,11 @@ def test_nasty_corpus_over_imap_and_pop3(tmp_path: Path) -> None:
         fresh.logout()
         watcher.logout()
         assert server.proc.poll() is None, "the server died"
-        status = Path(f"/proc/{server.pid}/status").read_text()
-        peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) // 1024  # type: ignore[union-attr]
+        peak = 0  # the biggest process of the server (with worker processes, of those)
+        for pid in server.tree():
+            status = Path(f"/proc/{pid}/status").read_text()
+            hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
+            peak = max(peak, int(hwm.group(1)) // 1024 if hwm else 0)
         figures.append(f"server peak RSS {peak} MB")
         assert peak < 2048, f"the server grew to {peak} MB on a 7 MB corpus"
     finally:

@@ -139,11 +139,12 @@ def test_root_binds_then_becomes_the_configured_user(open_dir: Path) -> None:
     server = spawn(data, env={"POSTFACH_USER": "nobody", "POSTFACH_SMTP": f"127.0.0.1:{port}"})
     try:
         assert server.port("smtp") == port
-        status = Path(f"/proc/{server.pid}/status").read_text().splitlines()
-        fields = {k: v.split() for k, _, v in (line.partition(":") for line in status)}
-        assert fields["Uid"][:3] == [str(nobody.pw_uid)] * 3
-        assert fields["Gid"][:3] == [str(nobody.pw_gid)] * 3
-        assert "0" not in fields["Groups"]
+        for pid in server.tree():  # the supervisor and its workers, if it has any
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            fields = {k: v.split() for k, _, v in (line.partition(":") for line in status)}
+            assert fields["Uid"][:3] == [str(nobody.pw_uid)] * 3
+            assert fields["Gid"][:3] == [str(nobody.pw_gid)] * 3
+            assert "0" not in fields["Groups"]
         assert data.stat().st_uid == nobody.pw_uid
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         # The admin command, run as root, works as the data directory's owner.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from postfach.config import ConfigError, load_config, parse_address
+from postfach.config import MAX_AUTO_WORKERS, ConfigError, load_config, parse_address
 
 
 def test_embedded_defaults(tmp_path: Path) -> None:
@@ -123,6 +124,21 @@ def test_server_user_from_file_and_environment(tmp_path: Path) -> None:
     (tmp_path / "postfach.toml").write_text('[server]\nuser = "postfach"\n')
     assert load_config(tmp_path, env={}).user == "postfach"
     assert load_config(tmp_path, env={"POSTFACH_USER": "mail"}).user == "mail"
+
+
+def test_server_workers_from_file_and_environment(tmp_path: Path) -> None:
+    cores = max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+    assert load_config(tmp_path, env={}).workers == cores  # "auto"
+    (tmp_path / "postfach.toml").write_text("[server]\nworkers = 3\n")
+    assert load_config(tmp_path, env={}).workers == 3
+    assert load_config(tmp_path, env={"POSTFACH_WORKERS": "1"}).workers == 1
+    assert load_config(tmp_path, env={"POSTFACH_WORKERS": "auto"}).workers == cores
+    for bad in ("0", "many", "-2", "65"):
+        with pytest.raises(ConfigError, match=r"\[server\] workers: expected 'auto'"):
+            load_config(tmp_path, env={"POSTFACH_WORKERS": bad})
+    (tmp_path / "postfach.toml").write_text("[server]\nworkers = true\n")
+    with pytest.raises(ConfigError, match="workers"):
+        load_config(tmp_path, env={})
 
 
 def test_parse_address_forms() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from postfach.auth.throttle import LoginThrottle
+from postfach.auth.throttle import LoginThrottle, Throttle
 from postfach.errors import LoginLockedOut
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,14 @@ class Authenticator:
     def __init__(
         self,
         lookup: Callable[[str], str | None],
-        throttle: LoginThrottle | None = None,
+        throttle: Throttle | None = None,
         clock: Callable[[], float] = time.monotonic,
         cache_ttl: float = 300.0,
         cache_max: int = 10_000,
         rehash: Rehash | None = None,
     ) -> None:
         self._lookup = lookup
-        self.throttle = throttle or LoginThrottle()
+        self.throttle: Throttle = throttle or LoginThrottle()
         self._clock = clock
         self._cache_ttl = cache_ttl
         self._cache_max = cache_max

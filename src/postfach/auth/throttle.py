@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 Scope = Literal["ip", "account"]
 
@@ -51,6 +51,19 @@ class Lockout:
     scope: Scope
     until: float
     failures: int
+
+
+class Throttle(Protocol):
+    """What the authenticator asks: `LoginThrottle`, or the one worker processes share
+    (`postfach.sharedthrottle`)."""
+
+    def delay(self, user: str, ip: str, now: float) -> float: ...
+
+    def locked(self, user: str, ip: str, now: float) -> Lockout | None: ...
+
+    def failed(self, user: str, ip: str, now: float) -> list[Lockout]: ...
+
+    def succeeded(self, user: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -142,6 +155,10 @@ class LoginThrottle:
 
     def succeeded(self, user: str) -> None:
         self._by_key.pop("u:" + user.lower(), None)
+
+    def clears(self, user: str) -> bool:
+        """Whether `succeeded` for this user would change anything."""
+        return "u:" + user.lower() in self._by_key
 
     # ---- bounded memory -----------------------------------------------------------------------
 

@@ -184,7 +184,41 @@ def serve(obj: _Ctx, config_file: Path | None, verbose: bool) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's chatty logger
     cfg = load_config(obj.data, config_file=config_file)
     first_run = not (cfg.data_dir / "postfach.db").exists()
-    asyncio.run(_serve(cfg, first_run, lambda: load_config(obj.data, config_file=config_file)))
+
+    def reload() -> Config:
+        return load_config(obj.data, config_file=config_file)
+
+    if cfg.workers > 1:
+        from postfach.supervisor import Supervisor  # worker processes (postfach.supervisor)
+
+        def banner(addresses: dict[str, tuple[str, int]], no_accounts: bool) -> None:
+            _banner(cfg, addresses, first_run or no_accounts, workers=cfg.workers)
+
+        code = Supervisor(cfg, reload, banner).run()
+        if code:
+            sys.exit(code)
+        return
+    asyncio.run(_serve(cfg, first_run, reload))
+
+
+def _banner(
+    cfg: Config, addresses: dict[str, tuple[str, int]], no_accounts: bool, workers: int = 1
+) -> None:
+    out = Console(stderr=False)
+    out.print(f"postfach {__version__} serving mail for [bold]{cfg.hostname}[/bold]")
+    out.print(f"data directory: {cfg.data_dir}")
+    out.print(f"certificate: {cfg.cert_path} (SHA256 {fingerprint(cfg.cert_path)})")
+    if workers > 1:
+        out.print(f"worker processes: {workers}")
+    for name, (host, port) in addresses.items():
+        shown = f"[{host}]" if ":" in host else host
+        out.print(f"  {name:<12} {shown}:{port}")
+    if no_accounts:
+        out.print(
+            "\nNo accounts yet. Next, in another terminal:\n"
+            f"  postfach --data {cfg.data_dir} user add alice@localhost --quota 50M"
+        )
+    sys.stdout.flush()
 
 
 async def _serve(cfg: Config, first_run: bool, reload: Callable[[], Config]) -> None:
@@ -193,19 +227,7 @@ async def _serve(cfg: Config, first_run: bool, reload: Callable[[], Config]) -> 
     app = App(cfg, config_loader=reload)
     await app.start()
     assert app.store is not None
-    out = Console(stderr=False)
-    out.print(f"postfach {__version__} serving mail for [bold]{cfg.hostname}[/bold]")
-    out.print(f"data directory: {cfg.data_dir}")
-    out.print(f"certificate: {cfg.cert_path} (SHA256 {fingerprint(cfg.cert_path)})")
-    for name, (host, port) in app.addresses.items():
-        shown = f"[{host}]" if ":" in host else host
-        out.print(f"  {name:<12} {shown}:{port}")
-    if first_run or not app.store.list_accounts():
-        out.print(
-            "\nNo accounts yet. Next, in another terminal:\n"
-            f"  postfach --data {cfg.data_dir} user add alice@localhost --quota 50M"
-        )
-    sys.stdout.flush()
+    _banner(cfg, app.addresses, first_run or not app.store.list_accounts())
     await app.serve_forever()
 
 

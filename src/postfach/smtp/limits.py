@@ -44,7 +44,7 @@ class ConnectionLimits:
         self, limits: Limits | None = None, implicit_tls: ssl.SSLContext | None = None
     ) -> None:
         self.limits = limits = limits if limits is not None else Limits()
-        self.counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_ip)
+        self.counter = ConnectionCounter.for_limits(limits)
         self.implicit_tls = implicit_tls
         self._refusal_log = RefusalLog()
 
