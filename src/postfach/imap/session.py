@@ -62,6 +62,7 @@ from postfach.imap.fetch import (
     base64_nul_parts,
     fetch_plan,
     fetch_response,
+    flags_lines,
     format_flags,
     implies_seen,
     meta_only,
@@ -83,6 +84,7 @@ from postfach.imap.search import (
     SearchContext,
     UnknownSearchKey,
     esearch_response,
+    flag_predicate,
     saved_result,
     search,
     search_response,
@@ -420,6 +422,7 @@ class ImapSession:
         self._feeding = False  # commands are being run (`feed`)
         self._account_gone = False  # deleted while a command ran: BYE when it is answered
         self._session_account: int | None = None  # holds a place in hub.sessions
+        self._account_checked = 0.0  # time.monotonic() of the last look at the account's row
         self.close_reason = "logout"
 
     # ---- public interface --------------------------------------------------------------------
@@ -646,7 +649,7 @@ class ImapSession:
                     "CLIENTBUG", f"{_command_name(cmd)} not allowed in {self._state.value} state"
                 )
             if self._state in (State.AUTHENTICATED, State.SELECTED) and type(cmd) is not c.Logout:
-                self._account()  # an administrator deleted the account meanwhile: BYE
+                self._account_exists()
             result = await getattr(self, _HANDLERS[type(cmd)])(cmd)
         except ImapResult as exc:
             self._flush_updates(expunge=_expunge_allowed(cmd))
@@ -688,6 +691,16 @@ class ImapSession:
             log.debug("conn=%s cmd=%s args=%.120r", self._conn_id, _command_name(cmd), cmd)
 
     # ---- helpers for handlers ----------------------------------------------------------------
+
+    def _account_exists(self) -> None:
+        """BYE if an administrator deleted the account meanwhile. The hub tells every session
+        of the account at once (`_on_change`, also for ``postfach user del`` in another
+        process); this look at the store is the fallback, made at most once a second so that
+        it does not cost a query per command."""
+        now = time.monotonic()
+        if self._account_gone or now - self._account_checked >= _ACCOUNT_RECHECK:
+            self._account()
+            self._account_checked = now
 
     def _account(self) -> Account:
         acc = self._store.get_account_by_id(self._account_id)
@@ -1577,10 +1590,9 @@ class ImapSession:
     async def _cmd_expunge(self, cmd: c.Expunge) -> _Ok:
         sel = self._sel(writable=True)
         view = sel.view
-        uids = self._deleted_uids(view)
-        if cmd.uids is not None:  # UID EXPUNGE: only those of the set (RFC 4315 §2.1)
-            allowed = set(view.uids_for(cmd.uids, True))
-            uids = [u for u in uids if u in allowed]
+        # UID EXPUNGE: only those of the set (RFC 4315 §2.1)
+        among = None if cmd.uids is None else view.uids_for(cmd.uids, True)
+        uids = self._deleted_uids(view, among)
         if uids:
             await self._store.aexpunge(sel.mailbox.id, uids)
         self._flush_updates(expunge=True)
@@ -1598,14 +1610,23 @@ class ImapSession:
         """Every UID the client has a sequence number for, pending changes folded in."""
         return view.uids_for(_EVERYTHING, False)
 
-    def _deleted_uids(self, view: View) -> list[int]:
-        """The known messages flagged \\Deleted (RFC 9051 §6.4.3), by the latest flags."""
-        out = []
-        for uid in self._all_uids(view):
-            flags = view.flags_of(uid)
-            if flags is not None and flags[0] & Flag.DELETED and not view.is_expunged(uid):
-                out.append(uid)
-        return out
+    def _deleted_uids(self, view: View, among: list[int] | None = None) -> list[int]:
+        """The known messages flagged \\Deleted (RFC 9051 §6.4.3), by the latest flags;
+        ``among``: only these UIDs (UID EXPUNGE, RFC 4315 §2.1)."""
+        if among is not None and len(among) <= _FEW:
+            out = []
+            for uid in among:
+                flags = view.flags_of(uid)
+                if flags is not None and flags[0] & Flag.DELETED and not view.is_expunged(uid):
+                    out.append(uid)
+            return out
+        bits = view.flag_bits()  # -1 (expunged meanwhile) has the bit set: test >= 0 too
+        deleted = int(Flag.DELETED)
+        found = [u for u, b in zip(view.uids, bits, strict=True) if b & deleted and b >= 0]
+        if among is not None:
+            wanted = set(among)
+            found = [u for u in found if u in wanted]
+        return found
 
     def _metas(self, sel: _Selected, uids: Sequence[int]) -> dict[int, MessageMeta]:
         """Metadata of these messages; missing ones were expunged meanwhile.
@@ -1672,6 +1693,16 @@ class ImapSession:
                 self._untagged(f"VANISHED (EARLIER) {format_sequence_set(gone)}")
         live = [u for u in uids if not view.is_expunged(u)]
         issued = len(live) != len(uids)
+        lines = None
+        if cmd.changedsince is None and meta_only(items):  # meta_only: nothing implies \Seen
+            plan = fetch_plan(items, uid=cmd.uid, condstore=self._condstore)
+            lines = flags_lines(plan)
+        if lines is not None:  # FETCH 1:* (FLAGS): from the view's flag array
+            if await self._fetch_flags(view, live, lines):
+                issued = True
+            if issued:
+                raise ImapNo("EXPUNGEISSUED", "some messages were expunged meanwhile")
+            return _Ok("FETCH completed")
         metas = self._metas(sel, live)
         seen_now: set[int] = set()
         if not sel.readonly and implies_seen(items):
@@ -1725,6 +1756,38 @@ class ImapSession:
         if issued:  # RFC 2180 §4.1.2 / RFC 9051 §7.1 EXPUNGEISSUED
             raise ImapNo("EXPUNGEISSUED", "some messages were expunged meanwhile")
         return _Ok("FETCH completed")
+
+    async def _fetch_flags(
+        self,
+        view: View,
+        live: Sequence[int],
+        lines: Callable[[int, int, int, tuple[str, ...], bool], bytes],
+    ) -> bool:
+        """FETCH responses of FLAGS (and UID) for these UIDs (ascending, known to the client)
+        from the view's flag array; True when some were expunged meanwhile (left out)."""
+        bits = view.flag_bits()  # first: it folds pending changes in
+        known = view.uids
+        keywords = view.keywords_by_uid()
+        recent = view.recent_uids
+        write, n = self._out.write, len(known)
+        issued = False
+        written = i = 0
+        for uid in live:
+            if i >= n or known[i] != uid:  # ascending: usually the next one
+                i = bisect.bisect_left(known, uid)
+                if i >= n or known[i] != uid:
+                    issued = True
+                    continue
+            b = bits[i]
+            i += 1
+            if b < 0:
+                issued = True
+                continue
+            write(lines(i, uid, b, keywords.get(uid, ()), uid in recent))
+            written += 1
+            if written % _FETCH_BATCH == 0:
+                await self._out.drain()
+        return issued
 
     async def _fetch_one(
         self, seq: int, meta: MessageMeta, items: Sequence[c.FetchItem], uid: bool,
@@ -1888,14 +1951,26 @@ class ImapSession:
             with_modseq = uses_modseq(cmd.criteria)
             if with_modseq:
                 self._condstore_enabling()
-            found = await self._search(sel, cmd.criteria)
+            by_flags = None if with_modseq else flag_predicate(cmd.criteria)
+            modseqs = None
+            if by_flags is not None:  # SEARCH UNSEEN and the like: a scan of the flags
+                all_bits = view.flag_bits()  # first: it folds pending changes in
+                pairs = [
+                    (seq, uid)
+                    for seq, (uid, bits) in enumerate(zip(view.uids, all_bits, strict=True), 1)
+                    if bits >= 0 and by_flags(bits)
+                ]
+                uids = [uid for _seq, uid in pairs]
+                numbers = uids if cmd.uid else [seq for seq, _uid in pairs]
+            else:
+                found = await self._search(sel, cmd.criteria)
+                uids = [m.uid for _seq, m in found]
+                numbers = uids if cmd.uid else [seq for seq, _m in found]
+                modseqs = [m.modseq for _seq, m in found] if with_modseq else None
         except BaseException:
             if save:  # RFC 5182 §2.1: a failed SAVE leaves $ empty
                 view.saved = []
             raise
-        uids = [m.uid for _seq, m in found]
-        numbers = uids if cmd.uid else [seq for seq, _m in found]
-        modseqs = [m.modseq for _seq, m in found] if with_modseq else None
         if opts is None and not self._rev2:
             top = max(modseqs) if modseqs else None
             self._out.write(search_response(numbers, top))
@@ -1978,6 +2053,8 @@ assert set(_HANDLERS) == set().union(*ALLOWED.values())
 
 
 _FETCH_BATCH: Final = 256  # meta-only FETCH responses written between two drains
+_FEW: Final = 64  # up to this many UIDs, look each one up rather than scan the mailbox
+_ACCOUNT_RECHECK: Final = 1.0  # seconds between two looks at the account's row (`_run`)
 
 
 @dataclass(frozen=True, slots=True)
