@@ -63,6 +63,7 @@ __all__ = [
     "compile_key",
     "esearch_response",
     "flag_predicate",
+    "index_narrowing",
     "matches",
     "saved_result",
     "search",
@@ -373,6 +374,21 @@ def compile_key(key: SearchKey, ctx: SearchContext) -> Predicate:
         wanted = str(value)
         return lambda m, s: thread_id(m, ctx.message_parsed(m), ctx.message_data(m)) == wanted
     raise UnknownSearchKey(f"unknown search key {name!r}")
+
+
+def index_narrowing(key: SearchKey) -> tuple[str, str] | None:
+    """A BODY or TEXT key that every match of ``key`` must satisfy (the key itself, or one of
+    the keys of a top-level AND), as (name, string) for ``SearchContext.text_index``: the
+    session then looks only at the messages the index names. None when there is none (OR
+    and NOT cannot narrow)."""
+    if key.name in ("BODY", "TEXT"):
+        return key.name, str(key.value)
+    if key.name == "AND":
+        for k in key.keys:
+            found = index_narrowing(k)
+            if found is not None:
+                return found
+    return None
 
 
 def flag_predicate(key: SearchKey) -> Callable[[int], bool] | None:

@@ -85,6 +85,7 @@ from postfach.imap.search import (
     UnknownSearchKey,
     esearch_response,
     flag_predicate,
+    index_narrowing,
     saved_result,
     search,
     search_response,
@@ -1691,7 +1692,7 @@ class ImapSession:
             gone = [u for u in gone if contains(ranges, u) and view.seq_of(u) is None]
             if gone:
                 self._untagged(f"VANISHED (EARLIER) {format_sequence_set(gone)}")
-        live = [u for u in uids if not view.is_expunged(u)]
+        live = [u for u in uids if not view.is_expunged(u)] if view.expunges_pending else uids
         issued = len(live) != len(uids)
         lines = None
         if cmd.changedsince is None and meta_only(items):  # meta_only: nothing implies \Seen
@@ -1769,9 +1770,10 @@ class ImapSession:
         known = view.uids
         keywords = view.keywords_by_uid()
         recent = view.recent_uids
-        write, n = self._out.write, len(known)
+        n = len(known)
         issued = False
-        written = i = 0
+        chunk: list[bytes] = []
+        i = 0
         for uid in live:
             if i >= n or known[i] != uid:  # ascending: usually the next one
                 i = bisect.bisect_left(known, uid)
@@ -1783,10 +1785,13 @@ class ImapSession:
             if b < 0:
                 issued = True
                 continue
-            write(lines(i, uid, b, keywords.get(uid, ()), uid in recent))
-            written += 1
-            if written % _FETCH_BATCH == 0:
+            chunk.append(lines(i, uid, b, keywords.get(uid, ()), uid in recent))
+            if len(chunk) == _FETCH_BATCH:  # one write per batch, then let the client read
+                self._out.write(b"".join(chunk))
+                chunk.clear()
                 await self._out.drain()
+        if chunk:
+            self._out.write(b"".join(chunk))
         return issued
 
     async def _fetch_one(
@@ -1986,8 +1991,31 @@ class ImapSession:
         view = sel.view
         store = self._store
         uids = self._all_uids(view)
-        metas = self._metas(sel, [u for u in uids if not view.is_expunged(u)])
-        messages = [(seq, metas[uid]) for seq, uid in enumerate(uids, 1) if uid in metas]
+        mailbox_id = view.mailbox_id
+        hits: set[int] | None = None
+        narrowing = index_narrowing(key)
+        if narrowing is not None:
+            # Every match must be among the index's hits for this BODY/TEXT key (SEARCH TEXT
+            # "word" and any AND with it): look only at those messages, not at the mailbox
+            # (100,000 messages: the metadata and a predicate call for each were most of it).
+            if len(uids) > _SEARCH_ON_LOOP_MAX:
+                hits = await asyncio.to_thread(store.search_text_uids, mailbox_id, *narrowing)
+            else:
+                hits = store.search_text_uids(mailbox_id, *narrowing)
+        if hits is not None:
+            pairs = sorted((s, u) for u in hits if (s := view.seq_of(u)) is not None)
+            live = [u for _s, u in pairs if not view.is_expunged(u)]
+            metas = self._metas(sel, live)
+            messages = [(seq, metas[uid]) for seq, uid in pairs if uid in metas]
+        else:
+            metas = self._metas(sel, [u for u in uids if not view.is_expunged(u)])
+            messages = [(seq, metas[uid]) for seq, uid in enumerate(uids, 1) if uid in metas]
+        known_hits = {narrowing: hits} if narrowing is not None else {}
+
+        def text_index(key: str, needle: str) -> set[int] | None:
+            if (key, needle) in known_hits:  # asked already (None: the index cannot answer)
+                return known_hits[(key, needle)]
+            return store.search_text_uids(mailbox_id, key, needle)
 
         def data(meta: MessageMeta) -> bytes:
             try:
@@ -2003,7 +2031,7 @@ class ImapSession:
             recent=frozenset(view.recent_uids),
             parsed=lambda m: self._structure(m, lambda: data(m)),
             data=data,
-            text_index=lambda key, needle: store.search_text_uids(view.mailbox_id, key, needle),
+            text_index=text_index,
         )
         try:
             if len(messages) > _SEARCH_ON_LOOP_MAX:
@@ -2052,7 +2080,7 @@ _HANDLERS: Final[dict[CommandType, str]] = {
 assert set(_HANDLERS) == set().union(*ALLOWED.values())
 
 
-_FETCH_BATCH: Final = 256  # meta-only FETCH responses written between two drains
+_FETCH_BATCH: Final = 512  # meta-only FETCH responses written between two drains
 _FEW: Final = 64  # up to this many UIDs, look each one up rather than scan the mailbox
 _ACCOUNT_RECHECK: Final = 1.0  # seconds between two looks at the account's row (`_run`)
 

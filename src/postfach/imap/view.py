@@ -529,6 +529,12 @@ class View:
             raise ValueError(f"no message {seq}")
         return self._uids[seq - 1]
 
+    @property
+    def expunges_pending(self) -> bool:
+        """True while some message is expunged but not reported (`is_expunged` may say yes)."""
+        self._fold()
+        return bool(self._expunged)
+
     def is_expunged(self, uid: int) -> bool:
         """True for a message expunged in the store whose EXPUNGE is not reported yet."""
         return uid in self._expunged
