@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import dataclasses
 import enum
 import ipaddress
@@ -1523,10 +1524,20 @@ class ImapSession:
         while it has not changed (`postfach.imap.listing`), else read afresh."""
         cache = self._backend.listings
         listing = cache.get(mbox.id, mbox.uidvalidity, mbox.highestmodseq)
+        if listing is not None:
+            return listing
+        older = cache.latest(mbox.id, mbox.uidvalidity)
+        if older is not None and len(older) >= _PATCH_LISTING_MIN:
+            # A large mailbox that changed since it was listed: read only the changes since
+            # (100,000 messages: a few ms instead of ~0.3 s for every row again).
+            highestmodseq, rows, gone = self._store.message_rows_since(mbox.id, older.highestmodseq)
+            if len(rows) + len(gone) <= len(older) // 4:
+                with contextlib.suppress(ValueError):  # not a plain patch: read afresh
+                    listing = older.patched(highestmodseq, rows, gone)
         if listing is None:
             highestmodseq, rows = self._store.list_message_rows(mbox.id)
             listing = Listing(mbox.id, mbox.uidvalidity, highestmodseq, rows)
-            cache.put(listing)
+        cache.put(listing)
         return listing
 
     def _recent_at_select(
@@ -2081,6 +2092,7 @@ assert set(_HANDLERS) == set().union(*ALLOWED.values())
 
 
 _FETCH_BATCH: Final = 512  # meta-only FETCH responses written between two drains
+_PATCH_LISTING_MIN: Final = 1000  # a cached listing this large is patched, not read again
 _FEW: Final = 64  # up to this many UIDs, look each one up rather than scan the mailbox
 _ACCOUNT_RECHECK: Final = 1.0  # seconds between two looks at the account's row (`_run`)
 
