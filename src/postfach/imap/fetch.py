@@ -494,6 +494,13 @@ def meta_response(seq: int, meta: MessageMeta, plan: Sequence[FetchItem], recent
     return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
 
+@functools.lru_cache(maxsize=8192)
+def _internaldate(unix_seconds: int) -> bytes:
+    # FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE), what a syncing client sends at every
+    # run: the same dates formatted again each time (datetime formatting is slow).
+    return b"INTERNALDATE " + format_date_time(unix_seconds).encode()
+
+
 def _meta_attr(name: str, meta: MessageMeta, flags: Flag, recent: bool) -> bytes:
     if name == "FLAGS":
         return b"FLAGS " + format_flags(flags, meta.keywords, recent)
@@ -504,7 +511,7 @@ def _meta_attr(name: str, meta: MessageMeta, flags: Flag, recent: bool) -> bytes
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % meta.size
     if name == "INTERNALDATE":
-        return b"INTERNALDATE " + format_date_time(meta.internal_date).encode()
+        return _internaldate(meta.internal_date)
     if name == "SAVEDATE":  # RFC 8514 §4
         return b"SAVEDATE " + format_date_time(meta.save_date).encode()
     if name == "EMAILID":  # RFC 8474 §5.1

@@ -643,7 +643,6 @@ class ImapSession:
         await self._run(cmd)
 
     async def _run(self, cmd: c.Command) -> None:
-        name = type(cmd).__name__.upper()
         self._log_command(cmd)
         try:
             if type(cmd) not in ALLOWED[self._state]:
@@ -664,12 +663,14 @@ class ImapSession:
         except DiskFull:
             # RFC 5530 has no code for a full disk; OVERQUOTA (what Dovecot answers too) tells
             # the client that the data did not fit, and the text that this is temporary.
-            log.warning("conn=%s event=disk-full cmd=%s", self._conn_id, name)
+            log.warning("conn=%s event=disk-full cmd=%s", self._conn_id, type(cmd).__name__.upper())
             self._flush_updates(expunge=False)
             self._tagged(cmd.tag, "NO", "OVERQUOTA", DISK_FULL_TEXT)
             return
         except Exception:
-            log.exception("conn=%s event=internal-error cmd=%s", self._conn_id, name)
+            log.exception(
+                "conn=%s event=internal-error cmd=%s", self._conn_id, type(cmd).__name__.upper()
+            )
             self._flush_updates(expunge=False)
             self._tagged(cmd.tag, "NO", "SERVERBUG", "internal error; the incident was logged")
             return
@@ -1883,6 +1884,8 @@ class ImapSession:
 
     def _announce_keywords(self, sel: _Selected, keywords: set[str]) -> None:
         """New keywords in the mailbox: a new FLAGS response (RFC 9051 §7.3.5)."""
+        if not keywords:  # the usual case, after every command
+            return
         lower = {k.lower() for k in sel.keywords}
         new = [k for k in sorted(keywords) if k.lower() not in lower]
         if not new:
