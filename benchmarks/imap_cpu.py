@@ -7,6 +7,10 @@ used (utime + stime from /proc, all threads, summed over the server's process tr
 sequential client ran, not a wall-clock rate, so other jobs on the machine change it little.
 Memory is the sum of RSS and of PSS over that tree before and after opening ``--idle``
 connections (LOGIN, SELECT INBOX, IDLE).
+CPU is read from ``/proc/PID/task/*/schedstat`` (nanoseconds, every thread of every process of
+the tree) plus the utime/stime of reaped children (``--server dovecot``: its per-connection
+``imap`` processes; every process of Dovecot's session is counted, master and login processes
+included).
 
 Mailboxes: ``--accounts`` accounts with ``--messages`` messages each (unique messages, as in
 ``imap.py``), and one account with a ``--big``-message INBOX made of the 200 test messages
@@ -31,12 +35,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import pwd  # noqa: E402
+
 import proctree  # noqa: E402
 from common import DOMAIN  # noqa: E402
 from imap import (  # noqa: E402
+    NEEDLE,
+    NEEDLE_EVERY,
     SMALL,
+    WORD,
     Client,
+    DovecotImap,
     PostfachImap,
+    fill_maildir,
     fill_postfach,
     load_templates,
     make_message,
@@ -45,14 +56,36 @@ from imap import (  # noqa: E402
     throughput_accounts,
     wait_imap,
 )
+from peers import MAIL_USER  # noqa: E402
 from postfach_server import add_workers_argument  # noqa: E402
 
 BIG = f"big@{DOMAIN}"
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU of the server's whole process tree (supervisor, workers, reaped children)."""
-    return proctree.cpu_seconds([pid])
+    """CPU time of the server's whole process tree so far (supervisor, workers; for Dovecot its
+    session): every thread's run time (ns, from schedstat) plus the CPU of children that have
+    exited and were reaped (cutime/cstime, in clock ticks)."""
+    total = 0.0
+    for p in proctree.tree([abs(pid)]):
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                data = f.read()
+            fields = data[data.rindex(b")") + 2 :].split()
+            total += (int(fields[13]) + int(fields[14])) / _TICK
+            for task in os.scandir(f"/proc/{p}/task"):
+                with open(f"{task.path}/schedstat", "rb") as f:
+                    total += int(f.read().split()[0]) / 1e9
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return total
+
+
+def big_message(templates: list[bytes], i: int) -> bytes:
+    """Message i of the big mailbox: one of the 200 templates; one in NEEDLE_EVERY carries the
+    rare word (SEARCH TEXT "needle": 100 hits in 100,000)."""
+    return make_message(templates, "big", i % len(templates), needle=i % NEEDLE_EVERY == 7)
 
 
 def fill_big(data_dir: Path, n: int, templates: list[bytes]) -> float:
@@ -68,13 +101,13 @@ def fill_big(data_dir: Path, n: int, templates: list[bytes]) -> float:
         mbox = store.get_mailbox(acc.id, "INBOX")
         assert mbox is not None
         now = int(time.time())
-        staged = [
-            (m, parse_for_storage(m))
-            for m in (make_message(templates, "big", i) for i in range(len(templates)))
-        ]
+        staged: dict[bytes, tuple[bytes, str]] = {}
         batch = []
         for i in range(n):
-            data, structure = staged[i % len(staged)]
+            m = big_message(templates, i)
+            if m not in staged:
+                staged[m] = (m, parse_for_storage(m))
+            data, structure = staged[m]
             flags = Flag.SEEN if i % 3 else Flag(0)  # a third unseen
             batch.append(AppendItem(store.stage(data, structure), flags, (), now))
             if len(batch) == 1000:
@@ -106,6 +139,14 @@ async def ops_round(
     await c.login(port, account)
     out: dict[str, object] = {}
 
+    async def login_select(_i: int) -> None:
+        one = Client()
+        try:
+            await one.login(port, account)
+            await one.cmd("LOGOUT")
+        finally:
+            one.close()
+
     async def select(_i: int) -> None:
         await c.cmd("SELECT INBOX")
 
@@ -121,8 +162,14 @@ async def ops_round(
     async def store_flags(i: int) -> None:
         await c.cmd(f"STORE {i % messages + 1 if i >= 0 else 1} {'+-'[i % 2]}FLAGS (\\Seen)")
 
+    async def uid_store(i: int) -> None:  # what imap.py's mix sends
+        await c.cmd(f"UID STORE {i % messages + 1 if i >= 0 else 1} {'+-'[i % 2]}FLAGS (\\Seen)")
+
     async def search_unseen(_i: int) -> None:
         await c.cmd("SEARCH UNSEEN")
+
+    async def search_text(_i: int) -> None:
+        await c.cmd(f'SEARCH TEXT "{WORD}"')
 
     async def noop(_i: int) -> None:
         await c.cmd("NOOP")
@@ -134,12 +181,15 @@ async def ops_round(
         await c.cmd(f"UID EXPUNGE {uid}")
 
     table: list[tuple[str, Callable[[int], Awaitable[object]], int]] = [
+        ("LOGIN + SELECT + LOGOUT (new connection)", login_select, reps),
         ("SELECT INBOX", select, reps),
         ("FETCH 1:* (FLAGS)", fetch_flags, reps),
         ("FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)", fetch_sync, reps),
         ("FETCH n BODY.PEEK[]", fetch_body, reps * 4),
         ("STORE n +/-FLAGS (\\Seen)", store_flags, reps * 4),
+        ("UID STORE n +/-FLAGS (\\Seen)", uid_store, reps * 4),
         ("SEARCH UNSEEN", search_unseen, reps),
+        (f'SEARCH TEXT "{WORD}"', search_text, reps),
         ("APPEND + STORE + UID EXPUNGE", append_expunge, reps),
         ("NOOP", noop, reps * 10),
     ]
@@ -161,6 +211,16 @@ async def big_round(port: int, pid: int, reps: int) -> dict[str, object]:
     async def fetch_flags(_i: int) -> None:
         await c.cmd("FETCH 1:* (FLAGS)")
 
+    async def search_rare(_i: int) -> None:
+        await c.cmd(f'SEARCH TEXT "{NEEDLE}"')
+
+    async def search_common(_i: int) -> None:
+        await c.cmd(f'SEARCH TEXT "{WORD}"')
+
+    async def changed_select(i: int) -> None:  # another session changed one message's flags
+        await other.cmd(f"UID STORE {i + 2} {'+-'[i % 2]}FLAGS (\\Flagged)")
+        await c.cmd("SELECT INBOX")
+
     c0, t0 = cpu_seconds(pid), time.perf_counter()
     await c.cmd("SELECT INBOX")
     out["first SELECT"] = {
@@ -169,6 +229,18 @@ async def big_round(port: int, pid: int, reps: int) -> dict[str, object]:
     }
     out["SELECT INBOX"] = await measure(pid, reps, select)
     out["FETCH 1:* (FLAGS)"] = await measure(pid, reps, fetch_flags)
+    _st, untagged = await c.cmd(f'SEARCH TEXT "{NEEDLE}"')
+    out["needle hits"] = sum(len(line.split()) - 2 for line in untagged if b"SEARCH" in line)
+    out[f'SEARCH TEXT "{NEEDLE}"'] = await measure(pid, reps, search_rare)
+    _st, untagged = await c.cmd(f'SEARCH TEXT "{WORD}"')
+    out[f"{WORD} hits"] = sum(len(line.split()) - 2 for line in untagged if b"SEARCH" in line)
+    out[f'SEARCH TEXT "{WORD}"'] = await measure(pid, reps, search_common)
+    other = Client()
+    await other.login(port, BIG)
+    out["SELECT after a flag change by another session (+ that STORE)"] = await measure(
+        pid, reps, changed_select
+    )
+    other.close()
     c.close()
     for k, v in out.items():
         say(f"  big {k}: {v}")
@@ -197,6 +269,26 @@ async def idle_round(port: int, pid: int, accounts: list[str], n: int) -> dict[s
     }
 
 
+def start_dovecot(root: Path, accounts: list[str], messages: int, big: int) -> DovecotImap:
+    """A tuned private Dovecot (as in imap.py) with the same mailboxes, in Maildirs."""
+    templates = load_templates()
+    dv = DovecotImap(root / "dovecot", [*accounts, BIG], mail_fsync="optimized")
+    pw = pwd.getpwnam(MAIL_USER)
+    aside = root / "dovecot-mail"
+    aside.mkdir(parents=True)
+    os.chown(aside, pw.pw_uid, pw.pw_gid)
+    for a in accounts:
+        gen = (make_message(templates, a, i) for i in range(messages))
+        fill_maildir(aside / a, gen, pw.pw_uid, pw.pw_gid)
+    gen = (big_message(templates, i) for i in range(big))
+    fill_maildir(aside / BIG, gen, pw.pw_uid, pw.pw_gid)
+    dv.start()
+    dv.mail_dir.rmdir()  # start() made an empty one
+    aside.rename(dv.mail_dir)
+    wait_imap(dv.imap_port, 30, "dovecot")
+    return dv
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--accounts", type=int, default=10)
@@ -205,6 +297,7 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--skip", default="", help="comma list of: ops,idle,big")
+    ap.add_argument("--server", choices=("postfach", "dovecot"), default="postfach")
     ap.add_argument("--json", type=Path, default=None)
     add_workers_argument(ap)
     args = ap.parse_args()
@@ -214,6 +307,26 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="imapcpu-"))
     results: dict[str, object] = {"args": vars(args) | {"json": str(args.json)}}
     results["loadavg_start"] = os.getloadavg()
+    if args.server == "dovecot":
+        root.chmod(0o755)
+        dv = start_dovecot(root, accounts, args.messages, 0 if "big" in skip else args.big)
+        try:
+            assert dv.child is not None
+            pid = -dv.child.pid  # every process of its session
+            if "ops" not in skip:
+                results["ops"] = asyncio.run(
+                    ops_round(dv.imap_port, pid, accounts[0], args.messages, args.reps)
+                )
+            if "big" not in skip:
+                results["big"] = asyncio.run(big_round(dv.imap_port, pid, max(2, args.reps // 10)))
+        finally:
+            results["loadavg_end"] = os.getloadavg()
+            dv.stop()
+            shutil.rmtree(root, ignore_errors=True)
+        print(json.dumps(results, indent=1, default=str))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=str))
+        return 0
     pf = PostfachImap(root / "postfach", [*accounts, BIG], workers=args.workers)
     try:
         pf.setup()

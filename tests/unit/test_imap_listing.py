@@ -107,3 +107,82 @@ def test_meta_response_is_what_fetch_response_says(count: int) -> None:
 def test_items_that_need_the_message_are_not_meta_only() -> None:
     assert not meta_only([FetchAttr("FLAGS"), FetchAttr("ENVELOPE")])
     assert not meta_only([FetchAttr("UID"), FetchAttr("PREVIEW")])
+
+
+def _same(a: Listing, b: Listing) -> None:
+    assert a.highestmodseq == b.highestmodseq and len(a) == len(b)
+    assert [a.meta(i) for i in range(len(a))] == [b.meta(i) for i in range(len(b))]
+    assert a.keywords == b.keywords and a.blobs == b.blobs
+
+
+@pytest.mark.parametrize(
+    ("changed", "gone", "added"),
+    [
+        ([], [], []),
+        ([meta(2, Flag.SEEN, ("new",), modseq=20)], [], []),
+        ([meta(4, modseq=21)], [1, 5, 9], [meta(12, Flag.FLAGGED, ("k",), modseq=22)]),
+        ([meta(3, Flag.DELETED, modseq=23)], [2, 4, 6, 7, 8, 10, 11], []),
+        ([], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [meta(13, modseq=24), meta(15, modseq=25)]),
+    ],
+)
+def test_a_patched_listing_is_the_listing_read_afresh(
+    changed: list[MessageMeta], gone: list[int], added: list[MessageMeta]
+) -> None:
+    # SELECT of a large mailbox that changed a little: the cached listing plus the changes
+    # since its MODSEQ must be exactly what reading every row again gives.
+    before = [meta(u, kw=("old",) if u in (3, 4, 10) else ()) for u in range(1, 12)]
+    old = Listing.of_messages(MBOX, 42, 10, before)
+    for i in range(0, len(old), 2):
+        old.meta(i)  # some MessageMeta objects built already (they are shared when unchanged)
+    now = {m.uid: m for m in before if m.uid not in gone} | {m.uid: m for m in changed + added}
+    rows = [
+        (m.id, m.mailbox_id, m.uid, m.modseq, int(m.flags), " ".join(m.keywords),
+         m.internal_date, m.save_date, m.size, m.blob)
+        for m in sorted(changed + added, key=lambda m: m.uid)
+    ]  # fmt: skip
+    patched = old.patched(30, rows, [*gone, 99])  # 99: never listed
+    _same(patched, Listing.of_messages(MBOX, 42, 30, now.values()))
+    _same(old, Listing.of_messages(MBOX, 42, 10, before))  # the old one is untouched
+
+
+def test_a_patch_with_a_new_message_below_the_listed_uids_is_refused() -> None:
+    old = Listing.of_messages(MBOX, 42, 10, [meta(5), meta(6)])
+    row = (1, MBOX, 4, 11, 0, "", 0, 0, 1, f"{4:064x}")
+    with pytest.raises(ValueError):
+        old.patched(11, [row], [])
+
+
+def test_flag_scans_agree_with_the_per_message_lookups() -> None:
+    listing = Listing.of_messages(
+        MBOX, 42, 10, [meta(u, Flag.SEEN if u % 2 else Flag.NONE, ("w",) if u == 3 else ())
+                       for u in range(1, 8)]
+    )  # fmt: skip
+    view = View(MBOX, 42, listing, 10)
+    assert list(view.flag_bits()) == [int(Flag.SEEN), 0] * 3 + [int(Flag.SEEN)]
+    view.apply(FlagsChanged(1, MBOX, 2, 11, Flag.DELETED, ("x",)))
+    view.apply(FlagsChanged(1, MBOX, 3, 12, Flag.SEEN, ()))
+    view.apply(MessagesExpunged(1, MBOX, (4,), 13))
+    view.apply(MessageAdded(1, MBOX, 9, 14, Flag.FLAGGED, ("y",)))
+    view.pending_updates(allow_expunge=False)  # EXISTS for 9; the expunge of 4 waits
+    bits = view.flag_bits()
+    assert len(bits) == len(view.uids) == 8
+    for uid, b in zip(view.uids, bits, strict=True):
+        flags = view.flags_of(uid)
+        assert b == (-1 if view.is_expunged(uid) else int(flags[0]))  # type: ignore[index]
+    assert view.keywords_by_uid() == {2: ("x",), 9: ("y",)}
+    assert view.expunges_pending
+
+
+@pytest.mark.parametrize("uid", [False, True])
+@pytest.mark.parametrize("recent", [False, True])
+def test_flags_lines_are_what_meta_response_says(uid: bool, recent: bool) -> None:
+    from postfach.imap.fetch import flags_lines
+
+    m = meta(12, Flag.SEEN | Flag.ANSWERED, ("$Forwarded",), modseq=77)
+    for items in ([FetchAttr("FLAGS")], [FetchAttr("FLAGS"), FetchAttr("UID")]):
+        plan = fetch_plan(items, uid=uid)
+        line = flags_lines(plan)
+        assert line is not None
+        assert line(5, 12, int(m.flags), m.keywords, recent) == meta_response(5, m, plan, recent)
+    assert flags_lines(fetch_plan([FetchAttr("FLAGS"), FetchAttr("RFC822.SIZE")])) is None
+    assert flags_lines(fetch_plan([FetchAttr("FLAGS")], condstore=True, flags_changed=True)) is None

@@ -22,6 +22,8 @@ from postfach.imap.search import (
     UnknownSearchKey,
     compile_key,
     esearch_response,
+    flag_predicate,
+    index_narrowing,
     matches,
     saved_result,
     search,
@@ -511,3 +513,45 @@ def test_sequence_sets(seqset: SequenceSet, msgs: list[MessageMeta]) -> None:
     assert _set(k("UID", seqset), msgs) == {u for u in uids if u in by_uid}
     by_seq = members(len(msgs))
     assert _set(k("SEQSET", seqset), msgs) == {u for i, u in enumerate(uids, 1) if i in by_seq}
+
+
+_FLAG_NAMES = ["SEEN", "UNSEEN", "DELETED", "UNDELETED", "FLAGGED", "UNFLAGGED", "ANSWERED",
+               "UNANSWERED", "DRAFT", "UNDRAFT", "ALL"]  # fmt: skip
+
+
+def _flag_keys() -> st.SearchStrategy[SearchKey]:
+    leaf = st.sampled_from(_FLAG_NAMES).map(lambda n: k(n))
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            st.lists(inner, min_size=1, max_size=3).map(lambda ks: k("AND", None, *ks)),
+            st.tuples(inner, inner).map(lambda ab: k("OR", None, *ab)),
+            inner.map(lambda a: k("NOT", None, a)),
+        ),
+        max_leaves=6,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(_flag_keys(), st.integers(0, 31))
+def test_flag_scan_matches_like_the_general_search(key: SearchKey, bits: int) -> None:
+    # SEARCH UNSEEN and other flag-only criteria are answered from the flags alone (no
+    # MessageMeta per message): the answer must be the general search's.
+    pred = flag_predicate(key)
+    assert pred is not None
+    m = make(1, 0, Flag(bits), (), 5, unix(2023, 1, 3))
+    assert pred(bits) == (hits(key, [m]) == [1])
+
+
+def test_criteria_beyond_flags_have_no_flag_scan() -> None:
+    assert flag_predicate(k("AND", None, k("UNSEEN"), k("LARGER", 10))) is None
+    assert flag_predicate(k("NOT", None, k("RECENT"))) is None
+    assert flag_predicate(k("KEYWORD", "Work")) is None
+
+
+def test_index_narrowing_only_where_every_match_needs_the_text() -> None:
+    assert index_narrowing(k("TEXT", "needle")) == ("TEXT", "needle")
+    assert index_narrowing(k("AND", None, k("UNSEEN"), k("BODY", "x y"))) == ("BODY", "x y")
+    assert index_narrowing(k("OR", None, k("TEXT", "a"), k("SEEN"))) is None
+    assert index_narrowing(k("NOT", None, k("TEXT", "a"))) is None
+    assert index_narrowing(k("UNSEEN")) is None

@@ -1221,3 +1221,51 @@ def test_qresync_needs_positive_values_and_search_takes_numbers_beyond_exists(
         assert (await cl.ok("SEARCH MODSEQ 0"))[0].startswith("* SEARCH 1 2 (MODSEQ ")
 
     run(tmp_path, body)
+
+
+def test_select_of_a_large_mailbox_that_changed_sees_every_change(tmp_path: Path) -> None:
+    # A cached listing of a large mailbox is patched with the changes since its MODSEQ when
+    # another session SELECTs after a change: flags, expunges and new messages must all show,
+    # exactly as when every row is read again.
+    from postfach.store.api import Flag
+    from postfach.store.sqlite import AppendItem
+
+    async def body(env: Env) -> None:
+        acc = env.account(messages=0)
+        mbox = env.store.get_mailbox(acc.id, INBOX)
+        assert mbox is not None
+        data = message(1)
+        items = [
+            AppendItem(env.store.stage(data, _structure(data)), Flag.SEEN, (), 1700000000)
+            for _ in range(1200)
+        ]
+        env.store.append(mbox.id, items)
+        first = env.client()
+        await first.login()
+        await first.ok("SELECT INBOX")  # listed and cached; stays selected
+
+        def no_full_read(mailbox_id: int) -> Any:
+            raise AssertionError("the changed mailbox was read again in full")
+
+        env.store.list_message_rows = no_full_read  # type: ignore[method-assign]
+        await first.ok("UID STORE 5 -FLAGS (\\Seen)")
+        await first.ok("UID STORE 7 +FLAGS (\\Deleted Work)")
+        await first.ok("UID STORE 3:4 +FLAGS (\\Deleted)")
+        await first.ok("UID EXPUNGE 3:4")
+        env.deliver("alice@example.org", message(2))
+        await settle()
+        second = env.client()
+        await second.login()
+        lines = await second.ok("SELECT INBOX")
+        assert "* 1199 EXISTS" in lines
+        assert any(line.startswith("* FLAGS (") and "Work" in line for line in lines)
+        assert (await second.ok("SEARCH UNSEEN"))[0] == "* SEARCH 3 1199"  # UIDs 5 and 1201
+        assert (await second.ok("SEARCH DELETED"))[0] == "* SEARCH 5"  # UID 7
+        fetched = (await second.ok("FETCH 5 (UID FLAGS)"))[0]
+        assert fetched == "* 5 FETCH (UID 7 FLAGS (\\Seen \\Deleted Work))"
+        assert (await second.ok("UID FETCH 1:2 (FLAGS)"))[:2] == [
+            "* 1 FETCH (UID 1 FLAGS (\\Seen))",
+            "* 2 FETCH (UID 2 FLAGS (\\Seen))",
+        ]
+
+    run(tmp_path, body)

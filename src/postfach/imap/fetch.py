@@ -72,6 +72,7 @@ __all__ = [
     "email_id",
     "fetch_plan",
     "fetch_response",
+    "flags_lines",
     "format_flags",
     "implies_seen",
     "meta_only",
@@ -461,12 +462,43 @@ def fetch_plan(
     return _plan(tuple(items), uid, flags_changed, condstore)
 
 
+def flags_lines(
+    plan: Sequence[FetchItem],
+) -> Callable[[int, int, int, tuple[str, ...], bool], bytes] | None:
+    """For a `fetch_plan` of FLAGS alone or with UID (FETCH 1:* (FLAGS), UID FETCH 1:*
+    (FLAGS)): a function (seq, uid, flags as int, keywords, recent) -> the response line,
+    the same octets `meta_response` gives; None for any other plan. It needs no `MessageMeta`:
+    the session feeds it the view's flag array."""
+    names = tuple(getattr(item, "name", "") for item in plan)
+    if not all(isinstance(item, FetchAttr) for item in plan):
+        return None
+    fmt = _format_flags
+    if names == ("FLAGS",):
+        return lambda seq, uid, f, k, r: b"* %d FETCH (FLAGS %s)\r\n" % (seq, fmt(f, k, r))
+    if names == ("UID", "FLAGS"):
+        return lambda seq, uid, f, k, r: b"* %d FETCH (UID %d FLAGS %s)\r\n" % (
+            seq, uid, fmt(f, k, r)
+        )  # fmt: skip
+    if names == ("FLAGS", "UID"):
+        return lambda seq, uid, f, k, r: b"* %d FETCH (FLAGS %s UID %d)\r\n" % (
+            seq, fmt(f, k, r), uid
+        )  # fmt: skip
+    return None
+
+
 def meta_response(seq: int, meta: MessageMeta, plan: Sequence[FetchItem], recent: bool) -> bytes:
     """``* seq FETCH (...)`` for items that `meta_only` accepts, from a `fetch_plan`: the same
     octets `fetch_response` gives, for the many-message case (FETCH 1:* (FLAGS))."""
     flags = meta.flags
     parts = [_meta_attr(item.name, meta, flags, recent) for item in plan]  # type: ignore[union-attr]
     return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+
+@functools.lru_cache(maxsize=8192)
+def _internaldate(unix_seconds: int) -> bytes:
+    # FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE), what a syncing client sends at every
+    # run: the same dates formatted again each time (datetime formatting is slow).
+    return b"INTERNALDATE " + format_date_time(unix_seconds).encode()
 
 
 def _meta_attr(name: str, meta: MessageMeta, flags: Flag, recent: bool) -> bytes:
@@ -479,7 +511,7 @@ def _meta_attr(name: str, meta: MessageMeta, flags: Flag, recent: bool) -> bytes
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % meta.size
     if name == "INTERNALDATE":
-        return b"INTERNALDATE " + format_date_time(meta.internal_date).encode()
+        return _internaldate(meta.internal_date)
     if name == "SAVEDATE":  # RFC 8514 §4
         return b"SAVEDATE " + format_date_time(meta.save_date).encode()
     if name == "EMAILID":  # RFC 8474 §5.1
@@ -533,6 +565,11 @@ def _section(
     if item.partial is not None:
         out.add(b"<%d>" % item.partial[0])
     out.add(b" ")
+    if not item.binary and not item.part and not item.spec:
+        # BODY[] is the whole message (the root part spans every octet): no need to load the
+        # stored structure (a third of a FETCH n BODY.PEEK[], py-spy).
+        out.octets(_partial(get_data(), item.partial))
+        return
     root = get_parsed().part
     value: bytes | None
     if item.binary:  # RFC 3516 §4.2

@@ -99,6 +99,67 @@ class Listing:
     def __len__(self) -> int:
         return len(self.uids)
 
+    def patched(
+        self, highestmodseq: int, rows: Sequence[Sequence[Any]], expunged: Iterable[int]
+    ) -> Listing:
+        """A new listing of the same mailbox at ``highestmodseq``: this one with ``rows`` (the
+        messages changed or added since, as for the constructor, ascending UID) and without
+        the ``expunged`` UIDs. Copies the arrays (memcpy) instead of reading every row again;
+        the `MessageMeta` objects of unchanged messages are shared with this listing."""
+        new = Listing.__new__(Listing)
+        new.mailbox_id, new.uidvalidity = self.mailbox_id, self.uidvalidity
+        new.highestmodseq = highestmodseq
+        index = self.index
+        gone = sorted({i for u in expunged if (i := index(u)) >= 0})
+        # Unchanged stretches between the expunged positions, copied as slices.
+        spans = list(zip([0, *(i + 1 for i in gone)], [*gone, len(self)], strict=True))
+
+        def cut(a: array[int]) -> array[int]:
+            if not gone:
+                return array(a.typecode, a)
+            out = array(a.typecode)
+            for lo, hi in spans:
+                out += a[lo:hi]
+            return out
+
+        new.ids, new.uids, new.modseqs = cut(self.ids), cut(self.uids), cut(self.modseqs)
+        new.flags, new.sizes = cut(self.flags), cut(self.sizes)
+        new.internal_dates, new.save_dates = cut(self.internal_dates), cut(self.save_dates)
+        new.blobs = b"".join(self.blobs[32 * lo : 32 * hi] for lo, hi in spans)
+        new.metas = [m for lo, hi in spans for m in self.metas[lo:hi]] if gone else [*self.metas]
+        dropped = set(gone)
+        new.keywords = {
+            i - bisect.bisect_left(gone, i): kws
+            for i, kws in self.keywords.items()
+            if i not in dropped
+        }
+        added: list[Sequence[Any]] = []
+        for r in rows:
+            i = new.index(r[2])
+            if i < 0:
+                added.append(r)
+                continue
+            new.modseqs[i] = r[3]
+            new.flags[i] = int(r[4])
+            kws = tuple(r[5].split()) if isinstance(r[5], str) else tuple(r[5])
+            if kws:
+                new.keywords[i] = kws
+            else:
+                new.keywords.pop(i, None)
+            new.metas[i] = None
+        if added:  # new messages: UIDs above every listed one (RFC 9051 §2.3.1.1)
+            tail = Listing(self.mailbox_id, self.uidvalidity, highestmodseq, added)
+            if len(new) and tail.uids[0] <= new.uids[-1]:  # not expected: list afresh
+                raise ValueError("added messages below the listing's highest UID")
+            base = len(new)
+            for name in ("ids", "uids", "modseqs", "flags", "internal_dates", "save_dates",
+                         "sizes"):  # fmt: skip
+                getattr(new, name).extend(getattr(tail, name))
+            new.blobs += tail.blobs
+            new.metas += tail.metas
+            new.keywords.update({base + i: kws for i, kws in tail.keywords.items()})
+        return new
+
     def index(self, uid: int) -> int:
         """The position of ``uid``, or -1 when the listing does not hold it."""
         uids = self.uids
@@ -152,6 +213,11 @@ class ListingCache:
 
     def __init__(self) -> None:
         self._by_mailbox: weakref.WeakValueDictionary[int, Listing] = weakref.WeakValueDictionary()
+
+    def latest(self, mailbox_id: int, uidvalidity: int) -> Listing | None:
+        """The cached listing of this mailbox at whatever MODSEQ (to patch, `Listing.patched`)."""
+        listing = self._by_mailbox.get(mailbox_id)
+        return listing if listing is not None and listing.uidvalidity == uidvalidity else None
 
     def get(self, mailbox_id: int, uidvalidity: int, highestmodseq: int) -> Listing | None:
         """The cached listing if it is of exactly this mailbox state, else None."""

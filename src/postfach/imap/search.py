@@ -62,6 +62,8 @@ __all__ = [
     "UnknownSearchKey",
     "compile_key",
     "esearch_response",
+    "flag_predicate",
+    "index_narrowing",
     "matches",
     "saved_result",
     "search",
@@ -372,6 +374,50 @@ def compile_key(key: SearchKey, ctx: SearchContext) -> Predicate:
         wanted = str(value)
         return lambda m, s: thread_id(m, ctx.message_parsed(m), ctx.message_data(m)) == wanted
     raise UnknownSearchKey(f"unknown search key {name!r}")
+
+
+def index_narrowing(key: SearchKey) -> tuple[str, str] | None:
+    """A BODY or TEXT key that every match of ``key`` must satisfy (the key itself, or one of
+    the keys of a top-level AND), as (name, string) for ``SearchContext.text_index``: the
+    session then looks only at the messages the index names. None when there is none (OR
+    and NOT cannot narrow)."""
+    if key.name in ("BODY", "TEXT"):
+        return key.name, str(key.value)
+    if key.name == "AND":
+        for k in key.keys:
+            found = index_narrowing(k)
+            if found is not None:
+                return found
+    return None
+
+
+def flag_predicate(key: SearchKey) -> Callable[[int], bool] | None:
+    """For criteria made only of system-flag keys (SEEN, UNSEEN, DELETED, ...), ALL, AND, OR
+    and NOT: a predicate on a message's flags as an int, so that the session can scan the
+    flags of the whole mailbox without building a `MessageMeta` per message (SEARCH UNSEEN);
+    None for any other criteria."""
+    name = key.name
+    if name in _FLAG_KEYS:
+        bit, want = _FLAG_KEYS[name]
+        mask = int(bit)
+        return (lambda f: f & mask != 0) if want else (lambda f: f & mask == 0)
+    if name == "ALL":
+        return lambda f: True
+    subs = [flag_predicate(k) for k in key.keys]
+    if not subs or any(p is None for p in subs):
+        return None
+    preds = [p for p in subs if p is not None]
+    if name == "AND":
+        if len(preds) == 1:
+            return preds[0]
+        return lambda f: all(p(f) for p in preds)
+    if name == "OR" and len(preds) == 2:
+        a, b = preds
+        return lambda f: a(f) or b(f)
+    if name == "NOT" and len(preds) == 1:
+        inner = preds[0]
+        return lambda f: not inner(f)
+    return None
 
 
 def matches(key: SearchKey, msg: MessageMeta, seq: int, ctx: SearchContext) -> bool:

@@ -87,6 +87,16 @@ class _Connection(StreamConnection):
             return
         t.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def _drain_needed(self) -> bool:
+        """Whether `drain` would wait or raise (else it returns at once: no timer for it)."""
+        t = self._transport
+        return (
+            self._write_paused
+            or self._lost.done()
+            or t is None
+            or t.get_write_buffer_size() > self.write_high_water
+        )
+
     async def drain(self) -> None:
         """Wait while the client is not reading; raises ConnectionResetError once it is gone."""
         if self._lost.done():
@@ -220,7 +230,7 @@ class _Connection(StreamConnection):
                     reason = "disconnect"
                     break
                 await session.feed(data)
-                if not session.closing:
+                if not session.closing and self._drain_needed():
                     async with asyncio.timeout(session.autologout):
                         await self.drain()
             else:

@@ -530,6 +530,12 @@ class View:
             raise ValueError(f"no message {seq}")
         return self._uids[seq - 1]
 
+    @property
+    def expunges_pending(self) -> bool:
+        """True while some message is expunged but not reported (`is_expunged` may say yes)."""
+        self._fold()
+        return bool(self._expunged)
+
     def is_expunged(self, uid: int) -> bool:
         """True for a message expunged in the store whose EXPUNGE is not reported yet."""
         return uid in self._expunged
@@ -538,6 +544,47 @@ class View:
         """The latest flags and keywords of a known message (None if unknown)."""
         state = self._get(uid)
         return None if state is None else (state[0], state[1])
+
+    def flag_bits(self) -> Sequence[int]:
+        """The system flags (`Flag` as int) of every message the client knows, in
+        sequence-number order (index n - 1 for number n), by the latest state; -1 for a
+        message expunged meanwhile (not reported yet). For scans of the whole mailbox (SEARCH
+        by flags, EXPUNGE) without a lookup per message: the listing's own array while nothing
+        changed since SELECT, else one merge of the UIDs with the listing."""
+        self._fold()
+        base = self._base
+        if self._uids is base.uids and not self._state and not self._expunged:
+            return base.flags
+        luids, lflags, n = base.uids, base.flags, len(base.uids)
+        state, expunged = self._state, self._expunged
+        out: list[int] = []
+        j = 0
+        for uid in self._uids:
+            if uid in expunged:
+                out.append(-1)
+                continue
+            st = state.get(uid)
+            if st is not None:
+                out.append(int(st[0]))
+                continue
+            while j < n and luids[j] < uid:
+                j += 1
+            out.append(lflags[j] if j < n and luids[j] == uid else -1)
+        return out
+
+    def keywords_by_uid(self) -> dict[int, tuple[str, ...]]:
+        """The keywords of every known message that has some, by the latest state (with
+        `flag_bits`: FETCH 1:* (FLAGS) without a lookup per message)."""
+        self._fold()
+        base = self._base
+        luids, removed = base.uids, self._removed
+        out = {luids[i]: kws for i, kws in base.keywords.items() if luids[i] not in removed}
+        for uid, st in self._state.items():
+            if st[1]:
+                out[uid] = st[1]
+            else:
+                out.pop(uid, None)
+        return out
 
     def modseq_of(self, uid: int) -> int | None:
         state = self._get(uid)

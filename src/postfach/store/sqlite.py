@@ -1247,6 +1247,35 @@ class SqliteMailstore:
             conn.execute("COMMIT")
         return (int(row[0]) if row else 0), rows
 
+    def message_rows_since(
+        self, mailbox_id: int, modseq: int
+    ) -> tuple[int, list[tuple[Any, ...]], list[int]]:
+        """The mailbox's HIGHESTMODSEQ, the rows (as `list_message_rows`) of the messages
+        changed or added after ``modseq``, and the UIDs expunged after it, in one read
+        transaction: what turns a listing at ``modseq`` into one of now (IMAP SELECT of a
+        large mailbox that changed a little since it was last listed)."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute(
+                "SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT {self._MESSAGE_COLS} FROM messages WHERE mailbox_id=? AND modseq>?"
+                " ORDER BY uid",
+                (mailbox_id, modseq),
+            ).fetchall()
+            gone = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT uid FROM expunged WHERE mailbox_id=? AND modseq>? ORDER BY uid",
+                    (mailbox_id, modseq),
+                )
+            ]
+        finally:
+            conn.execute("COMMIT")
+        return (int(row[0]) if row else 0), rows, gone
+
     def list_message_blobs(self, mailbox_id: int) -> list[tuple[int, int, str]]:
         """(uid, size, blob) of each message in UID order: what a POP3 login snapshots, without
         building a `MessageMeta` (flags, keywords, dates) per message."""
