@@ -27,6 +27,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from postfach.listener import serve_bound
+
 #: how long a client that is sending DATA when the server stops may take to finish
 DATA_GRACE = 5.0
 
@@ -131,7 +133,7 @@ class SmtpListener(asyncio.AbstractServer):
     ) -> SmtpListener:
         loop = asyncio.get_running_loop()
         if sock is not None:  # bound beforehand (see postfach.privileges)
-            self._server = await loop.create_server(self.protocol, sock=sock, **kwargs)
+            self._server = await serve_bound(self.protocol, sock, **kwargs)
         else:
             self._server = await loop.create_server(self.protocol, host, port, **kwargs)
         return self

@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -36,7 +37,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
@@ -325,6 +326,13 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+def _open_write_lock(directory: Path) -> int:
+    """The file whose ``flock`` the writers of every process take around a group commit."""
+    locks = directory / "locks"
+    locks.mkdir(exist_ok=True, mode=0o700)
+    return os.open(locks / "writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -375,6 +383,8 @@ class SqliteMailstore:
         )
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
+        #: held by the writer around each group's transaction (`_run_batch`)
+        self._write_lock = _open_write_lock(self.directory)
         self._writer = threading.Thread(
             target=self._writer_loop, args=(wconn,), name="postfach-writer", daemon=True
         )
@@ -539,6 +549,7 @@ class SqliteMailstore:
             if ops:
                 self._run_batch(conn, ops)
         conn.close()
+        os.close(self._write_lock)
         # Ops queued behind the stop marker are failed, not left waiting forever.
         while True:
             try:
@@ -548,50 +559,67 @@ class SqliteMailstore:
             if left is not None and left.future.set_running_or_notify_cancel():
                 left.future.set_exception(StoreError("store is closed"))
 
+    @contextlib.contextmanager
+    def _write_locked(self) -> Iterator[None]:
+        """The data directory's writer lock, held around each write transaction of this writer.
+
+        Every server process (each worker of ``[server] workers``) has its own writer, and
+        SQLite lets one at a time hold the write lock. A writer that finds it taken waits in
+        SQLite's busy handler, which sleeps 1, 2, 5, 10 ms ... between tries: the second
+        writer lost milliseconds per group while both cores were idle. Taking an ``flock``
+        first makes it wait in the kernel and start the moment the other COMMIT is done.
+        Writers that do not take it (the admin commands) are still kept apart by SQLite."""
+        fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+
     def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         batch = _Batch()
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except BaseException as exc:
-            self._abandon(conn, batch, ops, exc)
-            return
-        for op in ops:
-            mark, placed = len(batch.changes), len(batch.placed)
+        own: tuple[int, feed.Follower | None] = (0, None)  # this commit's change feed row
+        with self._write_locked():
             try:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op.fn(conn, batch, *op.args)
-                except BaseException as exc:
-                    if not conn.in_transaction:
-                        # SQLite rolled the whole transaction back itself (SQLITE_FULL,
-                        # SQLITE_IOERR, ...): the ops before this one are undone as well.
-                        raise _TransactionLost(exc) from exc
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    del batch.changes[mark:]
-                    self._unplace(conn, batch.placed[placed:])
-                    del batch.placed[placed:]
-                    outcomes.append((op, None, _as_store_error(exc)))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, result, None))
-            except _TransactionLost as lost:
-                self._abandon(conn, batch, ops, lost.cause)
-                return
-            except BaseException as exc:  # the savepoint statements themselves failed
+                conn.execute("BEGIN IMMEDIATE")
+            except BaseException as exc:
                 self._abandon(conn, batch, ops, exc)
                 return
-        own: tuple[int, feed.Follower | None] = (0, None)  # this commit's change feed row
-        try:
-            if batch.changes and self._has_feed:
-                own = self._record_changes(conn, batch.changes)
-            for d in batch.fsync_dirs:
-                _fsync_dir(d)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            self._abandon(conn, batch, ops, exc)
-            return
+            for op in ops:
+                mark, placed = len(batch.changes), len(batch.placed)
+                try:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        result = op.fn(conn, batch, *op.args)
+                    except BaseException as exc:
+                        if not conn.in_transaction:
+                            # SQLite rolled the whole transaction back itself (SQLITE_FULL,
+                            # SQLITE_IOERR, ...): the ops before this one are undone as well.
+                            raise _TransactionLost(exc) from exc
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        del batch.changes[mark:]
+                        self._unplace(conn, batch.placed[placed:])
+                        del batch.placed[placed:]
+                        outcomes.append((op, None, _as_store_error(exc)))
+                    else:
+                        conn.execute("RELEASE op")
+                        outcomes.append((op, result, None))
+                except _TransactionLost as lost:
+                    self._abandon(conn, batch, ops, lost.cause)
+                    return
+                except BaseException as exc:  # the savepoint statements themselves failed
+                    self._abandon(conn, batch, ops, exc)
+                    return
+            try:
+                if batch.changes and self._has_feed:
+                    own = self._record_changes(conn, batch.changes)
+                for d in batch.fsync_dirs:
+                    _fsync_dir(d)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._abandon(conn, batch, ops, exc)
+                return
         if batch.unlink:
             # Before the answers, so that a freed file is gone when its op returns. This may
             # wait for another process's write transaction (as our next BEGIN would anyway).
@@ -643,6 +671,10 @@ class SqliteMailstore:
         may have stored the same content again and reused the file, and it can only have done
         that in a transaction that has committed by the time we hold the lock. A file left
         behind because this fails is removed by the next ``sweep_leftovers``."""
+        with self._write_locked():
+            self._unlink_freed_locked(conn, paths)
+
+    def _unlink_freed_locked(self, conn: sqlite3.Connection, paths: Collection[Path]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
