@@ -313,20 +313,12 @@ def main() -> int:
         try:
             assert dv.child is not None
             pid = -dv.child.pid  # every process of its session
-            if "ops" not in skip:
-                results["ops"] = asyncio.run(
-                    ops_round(dv.imap_port, pid, accounts[0], args.messages, args.reps)
-                )
-            if "big" not in skip:
-                results["big"] = asyncio.run(big_round(dv.imap_port, pid, max(2, args.reps // 10)))
+            _measure(results, dv.imap_port, pid, accounts[0], args, skip)
         finally:
             results["loadavg_end"] = os.getloadavg()
             dv.stop()
             shutil.rmtree(root, ignore_errors=True)
-        print(json.dumps(results, indent=1, default=str))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1, default=str))
-        return 0
+        return _report(results, args)
     pf = PostfachImap(root / "postfach", [*accounts, BIG], workers=args.workers)
     try:
         pf.setup()
@@ -348,16 +340,30 @@ def main() -> int:
         if "idle" not in skip:
             results["idle"] = asyncio.run(idle_round(pf.imap_port, pid, accounts, args.idle))
             say(f"idle: {results['idle']}")
-        if "ops" not in skip:
-            results["ops"] = asyncio.run(
-                ops_round(pf.imap_port, pid, accounts[0], args.messages, args.reps)
-            )
-        if "big" not in skip:
-            results["big"] = asyncio.run(big_round(pf.imap_port, pid, max(2, args.reps // 10)))
+        _measure(results, pf.imap_port, pid, accounts[0], args, skip)
     finally:
         results["loadavg_end"] = os.getloadavg()
         pf.stop()
         shutil.rmtree(root, ignore_errors=True)
+    return _report(results, args)
+
+
+def _measure(
+    results: dict[str, object],
+    port: int,
+    pid: int,
+    account: str,
+    args: argparse.Namespace,
+    skip: set[str],
+) -> None:
+    """The per-command round and the 100,000-message round, for either server."""
+    if "ops" not in skip:
+        results["ops"] = asyncio.run(ops_round(port, pid, account, args.messages, args.reps))
+    if "big" not in skip:
+        results["big"] = asyncio.run(big_round(port, pid, max(2, args.reps // 10)))
+
+
+def _report(results: dict[str, object], args: argparse.Namespace) -> int:
     print(json.dumps(results, indent=1, default=str))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
