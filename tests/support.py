@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,3 +111,35 @@ def message(subject: str = "hello", body: str = "Hi there.\r\n", size: int = 0) 
         line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n"
         text += line * ((size - len(text)) // len(line) + 1)
     return text
+
+
+class Raw:
+    """A line-oriented raw IMAP connection for what imaplib cannot express."""
+
+    def __init__(self, port: int, timeout: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+        self.greeting = self.line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def until(self, tag: bytes) -> list[bytes]:
+        out = []
+        while True:
+            ln = self.line()
+            out.append(ln)
+            if ln.startswith(tag + b" "):
+                return out
+
+    def close(self) -> None:
+        self.sock.close()

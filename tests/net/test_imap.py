@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import poplib
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from postfach.imap.session import ImapBackend, ImapSettings
 from postfach.limits import Limits
 from postfach.store.hub import Hub
 from postfach.store.sqlite import SqliteMailstore
-from support import PASSWORD, RunningServer, message
+from support import PASSWORD, Raw, RunningServer, message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,38 +41,6 @@ def ok(result: tuple[str, list[object]]) -> list[object]:
     typ, data = result
     assert typ == "OK", (typ, data)
     return data
-
-
-class Raw:
-    """A line-oriented raw IMAP connection for what imaplib cannot express."""
-
-    def __init__(self, port: int, timeout: float = 10) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-        self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def until(self, tag: bytes) -> list[bytes]:
-        out = []
-        while True:
-            ln = self.line()
-            out.append(ln)
-            if ln.startswith(tag + b" "):
-                return out
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # ---- basics -----------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import poplib
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from proc import ServerProcess, spawn
 
 from postfach.store.sqlite import SqliteMailstore
+from support import Raw
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,30 +45,8 @@ def served(tmp_path: Path) -> Iterator[ServerProcess]:
         server.kill()
 
 
-class Lines:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-        self.line()
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def until(self, tag: bytes) -> list[bytes]:
-        out = [self.line()]
-        while not out[-1].startswith(tag + b" "):
-            out.append(self.line())
-        return out
-
-
 def test_import_from_the_cli_shows_up_in_idle(served: ServerProcess, tmp_path: Path) -> None:
-    imap = Lines(served.port("imap"))
+    imap = Raw(served.port("imap"))
     imap.sock.sendall(f'a LOGIN {ALICE} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
     imap.until(b"b")
     assert imap.line() == b"+ idling"
@@ -95,7 +73,7 @@ def test_user_del_from_the_cli_ends_idle_sessions(served: ServerProcess) -> None
     """Without the SIGUSR1 the CLI sends too: with the pid file gone it signals nobody, and
     the change feed alone tells the server."""
     (served.data / "postfach.pid").unlink()
-    imap = Lines(served.port("imap"))
+    imap = Raw(served.port("imap"))
     imap.sock.sendall(f'a LOGIN {ALICE} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
     imap.until(b"b")
     assert imap.line() == b"+ idling"
