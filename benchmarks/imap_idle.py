@@ -42,6 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import proctree  # noqa: E402
 from common import DOMAIN, HOST, Child, free_port  # noqa: E402
 from imap import (  # noqa: E402
     Client,
@@ -66,29 +67,8 @@ def _kb(pid: int, path: str, key: str) -> int:
     return 0
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (worker processes, if the server forks any)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        ppid = int(data[data.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
-
-
 def tree_memory(root: int) -> dict[str, int]:
-    pids = process_tree(root)
+    pids = proctree.tree([root])  # the server and its workers
     return {
         "processes": len(pids),
         "rss_kb": sum(_kb(p, "status", "VmRSS") for p in pids),
