@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,16 +114,14 @@ def message(subject: str = "hello", body: str = "Hi there.\r\n", size: int = 0) 
     return text
 
 
-class Raw:
-    """A line-oriented raw IMAP connection for what imaplib cannot express."""
+class Lines:
+    """A raw connection to 127.0.0.1 read a CRLF-terminated line at a time (`line`)."""
 
     def __init__(self, port: int, timeout: float = 10) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout
+        )
         self.buf = b""
-        self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def line(self) -> bytes:
         while b"\r\n" not in self.buf:
@@ -132,6 +131,17 @@ class Raw:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\r\n", 1)
         return line
+
+
+class Raw(Lines):
+    """A line-oriented raw IMAP connection for what imaplib cannot express."""
+
+    def __init__(self, port: int, timeout: float = 10) -> None:
+        super().__init__(port, timeout)
+        self.greeting = self.line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
     def until(self, tag: bytes) -> list[bytes]:
         out = []

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from postfach.errors import MailboxInUse
 from postfach.pop3.server import Pop3Server, start_pop3_server
 from postfach.pop3.session import Maildrop, MaildropEntry, Pop3Settings
+from support import Lines
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,22 +206,12 @@ def client_ctx(cert_files: tuple[Path, Path]) -> ssl.SSLContext:
 # ---- raw socket helper ----------------------------------------------------------------------
 
 
-class Raw:
+class Raw(Lines):
     def __init__(self, port: int) -> None:
-        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection((HOST, port), timeout=5)
-        self.buf = b""
+        super().__init__(port, timeout=5)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
 
     def multiline(self) -> list[bytes]:
         first = self.line()

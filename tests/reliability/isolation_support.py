@@ -25,7 +25,7 @@ from typing import Any
 
 from postfach.auth.passwords import hash_password
 from postfach.smtp.client import TemporaryDnsError
-from support import RunningServer, start_server
+from support import Lines, RunningServer, start_server
 
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
@@ -252,21 +252,11 @@ class RawImap:
         self.sock.close()
 
 
-class RawLines:
+class RawLines(Lines):
     """A line client for POP3 and SMTP: `send` a line, `reply` reads one (multi-line) answer."""
 
     def __init__(self, port: int, timeout: float = 20) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+        super().__init__(port, timeout)
 
     def send(self, data: bytes | str) -> None:
         self.sock.sendall((data.encode() if isinstance(data, str) else data) + b"\r\n")
