@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -331,3 +333,39 @@ def test_own_rows_published_before_the_follower_existed_do_not_stop_it(tmp_path:
     finally:
         b.close()
         a.close()
+
+
+def test_writes_queued_while_another_process_writes_share_one_commit(tmp_path: Path) -> None:
+    """While another process holds the data directory's writer lock, the deliveries that queue
+    up behind the one the writer already took go into the same group commit: one change feed
+    row (and one WAL sync) for all of them, not one for the first and one for the rest."""
+    s = SqliteMailstore(tmp_path / "d", index_text=False)
+    try:
+        s.add_domain("example.org")
+        alice = s.add_account("alice@example.org", "h").id
+        conn = sqlite3.connect(s.db_path)
+        (before,) = conn.execute("SELECT count(*) FROM change_log").fetchone()
+        other = os.open(tmp_path / "d" / "locks" / "writer", os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX)  # "another process" is committing
+            futures = [
+                s.submit(s._op_deliver, [alice], s.stage(b"Subject: 1\r\n\r\nx\r\n"), 1, "INBOX", 0)
+            ]
+            time.sleep(0.3)  # the writer has taken the first delivery and waits for the lock
+            futures += [
+                s.submit(
+                    s._op_deliver, [alice], s.stage(b"Subject: %d\r\n\r\nx\r\n" % i), 1, "INBOX", 0
+                )
+                for i in range(2, 6)
+            ]
+        finally:
+            fcntl.flock(other, fcntl.LOCK_UN)
+            os.close(other)
+        uids = sorted(r.message.uid for f in futures for r in f.result(timeout=10) if r.message)
+        assert uids == [1, 2, 3, 4, 5]
+        rows = conn.execute("SELECT payload FROM change_log ORDER BY seq").fetchall()[before:]
+        assert len(rows) == 1
+        assert len(feed.decode(rows[0][0])) == 5
+        conn.close()
+    finally:
+        s.close()

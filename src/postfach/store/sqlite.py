@@ -3,10 +3,11 @@
 Concurrency rules (read these before changing anything here):
 
 * Exactly one thread writes: ``_Writer``. Every write is a function ``op(conn, batch, *args)``
-  queued to it. The writer takes whatever has queued up (up to ``batch_max``), runs each op inside
-  its own SAVEPOINT of one ``BEGIN IMMEDIATE`` transaction, and COMMITs once with
-  ``synchronous=FULL`` (one fsync of the WAL for the whole group: group commit). An op that raises
-  is rolled back alone; the others still commit.
+  queued to it. The writer waits for an op, takes the data directory's writer lock (shared with
+  the writers of other processes), then takes whatever has queued up meanwhile (up to
+  ``batch_max``), runs each op inside its own SAVEPOINT of one ``BEGIN IMMEDIATE`` transaction,
+  and COMMITs once with ``synchronous=FULL`` (one fsync of the WAL for the whole group: group
+  commit). An op that raises is rolled back alone; the others still commit.
 * Only after COMMIT returned are the ops' `Change` events published (in commit order) and then
   their futures resolved. So a caller that answers a client once its future resolved never answers
   before the data is durable, and every session was told before the client could ask.
@@ -285,6 +286,12 @@ class _Batch:
     placed: list[Path] = field(default_factory=list)  # blob files moved into place (undo list)
 
 
+#: a committed group: its batch, each op's outcome, and its change feed row (`_record_changes`)
+_Committed = tuple[
+    "_Batch", list[tuple["_Op", Any, BaseException | None]], tuple[int, "feed.Follower | None"]
+]
+
+
 class _TransactionLost(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -532,22 +539,13 @@ class SqliteMailstore:
             first = self._queue.get()
             if first is None:
                 break
-            ops = [first]
-            while len(ops) < self._batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                ops.append(nxt)
-            # A caller that gave up before its op started (its client hung up) gets nothing
-            # run; once running, a future can no longer be cancelled, so every result below
-            # lands (RFC 5321 §6.1 accepts the rare duplicate of a lost "250" over a loss).
-            ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
-            if ops:
-                self._run_batch(conn, ops)
+            with self._write_locked():
+                # The group is gathered once the lock is ours: what queued up while another
+                # process's writer held it joins this group instead of waiting for the next.
+                ops, stop = self._gather(first)
+                committed = self._run_batch(conn, ops) if ops else None
+            if committed is not None:
+                self._after_commit(conn, *committed)
         conn.close()
         os.close(self._write_lock)
         # Ops queued behind the stop marker are failed, not left waiting forever.
@@ -558,6 +556,25 @@ class SqliteMailstore:
                 break
             if left is not None and left.future.set_running_or_notify_cancel():
                 left.future.set_exception(StoreError("store is closed"))
+
+    def _gather(self, first: _Op) -> tuple[list[_Op], bool]:
+        """The ops of one group: ``first`` and what is queued behind it (up to ``batch_max``),
+        less those whose caller gave up before they started; and whether the stop marker came."""
+        ops = [first]
+        stop = False
+        while len(ops) < self._batch_max:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                stop = True
+                break
+            ops.append(nxt)
+        # A caller that gave up before its op started (its client hung up) gets nothing
+        # run; once running, a future can no longer be cancelled, so every result below
+        # lands (RFC 5321 §6.1 accepts the rare duplicate of a lost "250" over a loss).
+        return [op for op in ops if op.future.set_running_or_notify_cancel()], stop
 
     @contextlib.contextmanager
     def _write_locked(self) -> Iterator[None]:
@@ -575,51 +592,63 @@ class SqliteMailstore:
         finally:
             fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
-    def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> _Committed | None:
+        """One group's transaction, under the writer lock: each op in its own savepoint, one
+        COMMIT. None when the whole group failed (its ops' futures have their error already)."""
         batch = _Batch()
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         own: tuple[int, feed.Follower | None] = (0, None)  # this commit's change feed row
-        with self._write_locked():
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._abandon(conn, batch, ops, exc)
+            return None
+        for op in ops:
+            mark, placed = len(batch.changes), len(batch.placed)
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except BaseException as exc:
-                self._abandon(conn, batch, ops, exc)
-                return
-            for op in ops:
-                mark, placed = len(batch.changes), len(batch.placed)
+                conn.execute("SAVEPOINT op")
                 try:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        result = op.fn(conn, batch, *op.args)
-                    except BaseException as exc:
-                        if not conn.in_transaction:
-                            # SQLite rolled the whole transaction back itself (SQLITE_FULL,
-                            # SQLITE_IOERR, ...): the ops before this one are undone as well.
-                            raise _TransactionLost(exc) from exc
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        del batch.changes[mark:]
-                        self._unplace(conn, batch.placed[placed:])
-                        del batch.placed[placed:]
-                        outcomes.append((op, None, _as_store_error(exc)))
-                    else:
-                        conn.execute("RELEASE op")
-                        outcomes.append((op, result, None))
-                except _TransactionLost as lost:
-                    self._abandon(conn, batch, ops, lost.cause)
-                    return
-                except BaseException as exc:  # the savepoint statements themselves failed
-                    self._abandon(conn, batch, ops, exc)
-                    return
-            try:
-                if batch.changes and self._has_feed:
-                    own = self._record_changes(conn, batch.changes)
-                for d in batch.fsync_dirs:
-                    _fsync_dir(d)
-                conn.execute("COMMIT")
-            except BaseException as exc:
+                    result = op.fn(conn, batch, *op.args)
+                except BaseException as exc:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back itself (SQLITE_FULL,
+                        # SQLITE_IOERR, ...): the ops before this one are undone as well.
+                        raise _TransactionLost(exc) from exc
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    del batch.changes[mark:]
+                    self._unplace(conn, batch.placed[placed:])
+                    del batch.placed[placed:]
+                    outcomes.append((op, None, _as_store_error(exc)))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, result, None))
+            except _TransactionLost as lost:
+                self._abandon(conn, batch, ops, lost.cause)
+                return None
+            except BaseException as exc:  # the savepoint statements themselves failed
                 self._abandon(conn, batch, ops, exc)
-                return
+                return None
+        try:
+            if batch.changes and self._has_feed:
+                own = self._record_changes(conn, batch.changes)
+            for d in batch.fsync_dirs:
+                _fsync_dir(d)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._abandon(conn, batch, ops, exc)
+            return None
+        return batch, outcomes, own
+
+    def _after_commit(
+        self,
+        conn: sqlite3.Connection,
+        batch: _Batch,
+        outcomes: list[tuple[_Op, Any, BaseException | None]],
+        own: tuple[int, feed.Follower | None],
+    ) -> None:
+        """After a group's COMMIT, outside the writer lock: remove the files it freed, publish
+        its changes, then answer its ops (so a caller never answers before every session knows)."""
         if batch.unlink:
             # Before the answers, so that a freed file is gone when its op returns. This may
             # wait for another process's write transaction (as our next BEGIN would anyway).
