@@ -5,6 +5,7 @@ TEXT/BODY giving the same answers with and without the index (Unicode case foldi
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -221,3 +222,48 @@ def test_index_and_scan_agree_on_case_folding(
                 assert strategy == "trigram-index" and len(needle.casefold()) < 3
                 continue
             assert got == want, (phase, key, needle)
+
+
+def test_the_indexer_finds_its_work_in_a_list_not_by_checking_every_blob(
+    store: SqliteMailstore,
+) -> None:
+    """Each stored message is on the indexer's to-do list until it is indexed, skipped or
+    expunged; an indexed store's list is empty, so a look for work reads nothing. (Before, each
+    look checked every blob of the store: half a second of CPU at 105,000 messages.)"""
+    put(store, "one", "alpha")
+    put(store, "two", "beta")
+    put(store, "three", "gamma")
+    assert count(store, "fts_pending") == 3
+    store.expunge(inbox(store), [2])  # freed before it was indexed: off the list
+    assert count(store, "fts_pending") == 2
+    assert store.index_pending(1) == 1
+    assert count(store, "fts_pending") == 1
+    index_all(store)
+    assert count(store, "fts_pending") == 0
+    assert count(store, "fts_docs") == 2
+    assert store.search_text_uids(inbox(store), "TEXT", "GAMMA") == {3}
+
+
+def test_upgrading_an_older_store_lists_exactly_the_blobs_not_indexed_yet(
+    tmp_path: Path,
+) -> None:
+    s = SqliteMailstore(tmp_path / "data", index_text=False)
+    s.add_domain("example.org")
+    s.add_account("alice@example.org", "-")
+    put(s, "indexed", "delta")
+    assert s.index_pending(100) == 1
+    put(s, "not yet", "epsilon")
+    put(s, "not yet either", "zeta")
+    s.close()
+    # The store as schema 9 left it: no to-do list.
+    conn = sqlite3.connect(s.db_path)
+    conn.executescript("DROP TABLE fts_pending; PRAGMA user_version = 9;")
+    conn.close()
+    s = SqliteMailstore(tmp_path / "data", index_text=False)
+    try:
+        assert count(s, "fts_pending") == 2
+        index_all(s)
+        assert count(s, "fts_docs") == 3
+        assert s.search_text_uids(inbox(s), "TEXT", "ZETA") == {3}
+    finally:
+        s.close()

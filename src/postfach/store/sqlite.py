@@ -228,6 +228,19 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         payload BLOB NOT NULL
     );
     """,
+    # 10: the full-text indexer's to-do list. The indexer found the blobs still to index by
+    # checking every blob against fts_docs and fts_skipped: about half a second of CPU per look
+    # at 105,000 messages, and it looks after every delivery. A blob now has a row here from
+    # when it is stored until it is indexed, skipped or freed.
+    """
+    CREATE TABLE IF NOT EXISTS fts_pending (
+        sha256 TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO fts_pending(sha256)
+        SELECT b.sha256 FROM blobs b
+        WHERE NOT EXISTS (SELECT 1 FROM fts_docs d WHERE d.sha256 = b.sha256)
+        AND NOT EXISTS (SELECT 1 FROM fts_skipped s WHERE s.sha256 = b.sha256);
+    """,
 )
 
 
@@ -809,6 +822,7 @@ class SqliteMailstore:
             "INSERT INTO blobs(sha256, size, refs, data, structure) VALUES (?,?,?,?,?)",
             (blob.sha256, blob.size, n, blob.data, blob.structure),
         )
+        conn.execute("INSERT OR IGNORE INTO fts_pending(sha256) VALUES (?)", (blob.sha256,))
 
     def _place_file(self, batch: _Batch, blob: StagedBlob) -> None:
         if blob.tmp_path is None:
@@ -846,6 +860,7 @@ class SqliteMailstore:
             conn.execute("DELETE FROM fts WHERE rowid=?", (doc[0],))
             conn.execute("DELETE FROM fts_docs WHERE sha256=?", (sha,))
         conn.execute("DELETE FROM fts_skipped WHERE sha256=?", (sha,))
+        conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
         if is_file:
             batch.unlink.add(self.blob_path(sha))
 
@@ -1951,22 +1966,23 @@ class SqliteMailstore:
         rows = (
             self._reader()
             .execute(
-                "SELECT b.sha256, b.structure FROM blobs b WHERE NOT EXISTS"
-                " (SELECT 1 FROM fts_docs d WHERE d.sha256=b.sha256) AND NOT EXISTS"
-                " (SELECT 1 FROM fts_skipped s WHERE s.sha256=b.sha256) LIMIT ?",
+                "SELECT p.sha256, b.structure FROM fts_pending p"
+                " LEFT JOIN blobs b ON b.sha256 = p.sha256 LIMIT ?",
                 (limit,),
             )
             .fetchall()
         )
         docs: list[tuple[str, str, str]] = []
         failed: list[tuple[str, str]] = []
+        gone: list[str] = []
         for sha, structure in rows:
             if self._stopping:
                 return 0  # closing: what was extracted is dropped, the next start redoes it
             try:
                 data = self.read_blob(sha)
             except NotFound:
-                continue  # freed meanwhile
+                gone.append(sha)  # freed meanwhile
+                continue
             try:
                 headers, body = self._text_of(data, structure)
             except Exception as exc:
@@ -1974,9 +1990,9 @@ class SqliteMailstore:
                 failed.append((sha, repr(exc)[:500]))
                 continue
             docs.append((sha, headers.casefold(), body.casefold()))
-        if docs or failed:
-            self._write(self._op_index, docs, failed)
-        return len(docs) + len(failed)
+        if docs or failed or gone:
+            self._write(self._op_index, docs, failed, gone)
+        return len(docs) + len(failed) + len(gone)
 
     @staticmethod
     def _text_of(data: bytes, structure: str | None) -> tuple[str, str]:
@@ -1989,11 +2005,18 @@ class SqliteMailstore:
         batch: _Batch,
         docs: list[tuple[str, str, str]],
         failed: list[tuple[str, str]],
+        gone: Sequence[str] = (),
     ) -> None:
+        """Index ``docs``, remember ``failed`` as skipped, and take them and ``gone`` (blobs
+        freed since) off the to-do list, unless a blob gone was stored again meanwhile."""
         skipped = list(failed)
+        for sha in gone:
+            if not conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
+                conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
         for sha, headers, body in docs:
             if not conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
                 continue
+            conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
             if conn.execute("SELECT 1 FROM fts_docs WHERE sha256=?", (sha,)).fetchone():
                 continue
             conn.execute("SAVEPOINT doc")
@@ -2014,6 +2037,7 @@ class SqliteMailstore:
                 conn.execute(
                     "INSERT OR REPLACE INTO fts_skipped(sha256, error) VALUES (?, ?)", (sha, error)
                 )
+                conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
 
     def search_text_uids(self, mailbox_id: int, key: str, needle: str) -> set[int] | None:
         """UIDs whose text contains ``needle`` (case-insensitive substring, RFC 9051 §6.4.4).
@@ -2167,6 +2191,7 @@ class SqliteMailstore:
                 if repair:
                     if real == 0:
                         conn.execute("DELETE FROM blobs WHERE sha256=?", (sha,))
+                        conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
                         if is_file:
                             batch.unlink.add(self.blob_path(sha))
                     else:
