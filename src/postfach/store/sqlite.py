@@ -401,6 +401,10 @@ class SqliteMailstore:
         self._has_feed = bool(
             wconn.execute("SELECT 1 FROM sqlite_master WHERE name='change_log'").fetchone()
         )
+        #: the schema has the indexer's to-do list (migration 10; the same reason)
+        self._has_pending = bool(
+            wconn.execute("SELECT 1 FROM sqlite_master WHERE name='fts_pending'").fetchone()
+        )
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
         #: held by the writer around each group's transaction (`_run_batch`)
@@ -822,7 +826,8 @@ class SqliteMailstore:
             "INSERT INTO blobs(sha256, size, refs, data, structure) VALUES (?,?,?,?,?)",
             (blob.sha256, blob.size, n, blob.data, blob.structure),
         )
-        conn.execute("INSERT OR IGNORE INTO fts_pending(sha256) VALUES (?)", (blob.sha256,))
+        if self._has_pending:
+            conn.execute("INSERT OR IGNORE INTO fts_pending(sha256) VALUES (?)", (blob.sha256,))
 
     def _place_file(self, batch: _Batch, blob: StagedBlob) -> None:
         if blob.tmp_path is None:
@@ -860,7 +865,8 @@ class SqliteMailstore:
             conn.execute("DELETE FROM fts WHERE rowid=?", (doc[0],))
             conn.execute("DELETE FROM fts_docs WHERE sha256=?", (sha,))
         conn.execute("DELETE FROM fts_skipped WHERE sha256=?", (sha,))
-        conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
+        if self._has_pending:
+            conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
         if is_file:
             batch.unlink.add(self.blob_path(sha))
 
@@ -1963,6 +1969,8 @@ class SqliteMailstore:
         A blob whose text extraction or index insert fails is recorded in ``fts_skipped`` and
         logged once: it is never retried, and searches decode it on the spot like a blob not
         indexed yet. Stops between blobs when the store is closing."""
+        if not self._has_pending:
+            return 0
         rows = (
             self._reader()
             .execute(
@@ -2191,7 +2199,8 @@ class SqliteMailstore:
                 if repair:
                     if real == 0:
                         conn.execute("DELETE FROM blobs WHERE sha256=?", (sha,))
-                        conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
+                        if self._has_pending:
+                            conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
                         if is_file:
                             batch.unlink.add(self.blob_path(sha))
                     else:
