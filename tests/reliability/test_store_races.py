@@ -132,3 +132,27 @@ def test_reuse_restores_a_missing_file(two: tuple[SqliteMailstore, SqliteMailsto
     deliver(b, "bob@example.org")
     bobs_message_is_readable(b)
     assert a.read_blob(a.list_messages(inbox(a, "alice@example.org"))[0].blob) == BIG
+
+
+def test_processes_opening_a_new_data_directory_at_once_all_start(tmp_path: Path) -> None:
+    """A server starting while ``postfach user add`` creates the same new data directory: each
+    finds the schema missing and migrates. Before, each read the schema version outside the
+    migration's transaction, and the second one then failed on tables the first had just
+    created ("table domains already exists"): that process did not start."""
+    from postfach.queue.store import QueueStore
+
+    opened = 8
+    barrier = threading.Barrier(opened)
+
+    def open_both(_: int) -> int:
+        barrier.wait()
+        store = SqliteMailstore(tmp_path / "data", index_text=False)
+        queue = QueueStore(tmp_path / "data")
+        try:
+            return len(store.list_domains())
+        finally:
+            queue.close()
+            store.close()
+
+    with concurrent.futures.ThreadPoolExecutor(opened) as pool:
+        assert list(pool.map(open_both, range(opened))) == [0] * opened

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from postfach.errors import StoreError
+from postfach.store.locks import held
 
 T = TypeVar("T")
 
@@ -176,6 +177,15 @@ class QueueStore:
                 f"queue database schema version {version} is newer than this postfach "
                 f"(knows {len(MIGRATIONS)}); upgrade postfach"
             )
+        if version < len(MIGRATIONS):
+            # One process at a time, the version read again once it is our turn (see
+            # `postfach.store.sqlite.SqliteMailstore._migrate`).
+            with held(self.path.parent / "locks" / "migrate"):
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                self._migrate_from(version)
+
+    def _migrate_from(self, version: int) -> None:
+        conn = self._conn
         for i in range(version, len(MIGRATIONS)):
             try:
                 conn.executescript(

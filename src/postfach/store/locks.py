@@ -18,7 +18,22 @@ import contextlib
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def held(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (a lock file, created if missing), waited for and
+    held for the block: processes that open one data directory take turns through it (the
+    schema migrations of `postfach.store.sqlite` and `postfach.queue.store`)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with the last descriptor
 
 
 class MaildropLocks:

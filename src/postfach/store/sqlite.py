@@ -66,7 +66,7 @@ from postfach.store.api import (
     MessagesExpunged,
     Publisher,
 )
-from postfach.store.locks import MaildropLocks
+from postfach.store.locks import MaildropLocks, held
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ class SqliteMailstore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         wconn = _connect(self.db_path)
-        self._migrate(wconn)
+        self._migrate(wconn, self.directory / "locks" / "migrate")
         #: the schema has the change feed (a test may run an older schema's migrations only)
         self._has_feed = bool(
             wconn.execute("SELECT 1 FROM sqlite_master WHERE name='change_log'").fetchone()
@@ -492,14 +492,24 @@ class SqliteMailstore:
             follower.poll()
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(conn: sqlite3.Connection, lock: Path) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
+        if version < len(MIGRATIONS):
+            # Another process may be migrating this directory at the same moment (a server
+            # starting while ``postfach user add`` creates it): one at a time, and the version
+            # read again once it is our turn.
+            with held(lock):
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                SqliteMailstore._migrate_from(conn, version)
+        elif version > len(MIGRATIONS):
             raise StoreError(
                 f"database schema version {version} is newer than this postfach "
                 f"(knows {len(MIGRATIONS)}); upgrade postfach"
             )
-        if version == len(MIGRATIONS):
+
+    @staticmethod
+    def _migrate_from(conn: sqlite3.Connection, version: int) -> None:
+        if version >= len(MIGRATIONS):
             return
         # Foreign keys off while migrating, so that a step may rebuild a table others refer to
         # (the procedure of SQLite's ALTER TABLE documentation); each step is checked instead.
