@@ -267,3 +267,22 @@ def test_upgrading_an_older_store_lists_exactly_the_blobs_not_indexed_yet(
         assert s.search_text_uids(inbox(s), "TEXT", "ZETA") == {3}
     finally:
         s.close()
+
+
+def test_a_message_whose_file_is_missing_does_not_stop_the_indexer(tmp_path: Path) -> None:
+    """Before, the read error ended every look for work at the same message: the messages
+    listed with it were never indexed."""
+    s = SqliteMailstore(tmp_path / "data", index_text=False, inline_max=64)
+    try:
+        s.add_domain("example.org")
+        s.add_account("alice@example.org", "-")
+        put(s, "lost", "the file of this one goes missing")
+        [lost] = s.list_messages(inbox(s))
+        s.blob_path(lost.blob).unlink()
+        put(s, "fine", "kingfisher")
+        index_all(s)
+        assert count(s, "fts_pending") == 0
+        assert count(s, "fts_skipped") == 1
+        assert s.search_text_uids(inbox(s), "TEXT", "KINGFISHER") == {2}
+    finally:
+        s.close()

@@ -2005,6 +2005,13 @@ class SqliteMailstore:
             except NotFound:
                 gone.append(sha)  # freed meanwhile
                 continue
+            except OSError as exc:
+                # Its file is missing or unreadable (`postfach check` reports that): skipped
+                # like text that cannot be extracted, not retried at every look, and never in
+                # the way of the messages listed after it.
+                log.warning("event=index_skipped blob=%s error=%r", sha[:16], exc)
+                failed.append((sha, repr(exc)[:500]))
+                continue
             try:
                 headers, body = self._text_of(data, structure)
             except Exception as exc:
