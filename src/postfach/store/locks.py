@@ -22,13 +22,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (created, with its directory, if missing) to
+    ``flock``: the maildrop locks here, `held`, and the store writer's lock."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
 @contextlib.contextmanager
 def held(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (a lock file, created if missing), waited for and
     held for the block: processes that open one data directory take turns through it (the
     schema migrations of `postfach.store.sqlite` and `postfach.queue.store`)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -52,8 +58,7 @@ class MaildropLocks:
         with self._mutex:
             if account_id in self._held:
                 return False
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path(account_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_lock_file(self.path(account_id))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -66,7 +66,7 @@ from postfach.store.api import (
     MessagesExpunged,
     Publisher,
 )
-from postfach.store.locks import MaildropLocks, held
+from postfach.store.locks import MaildropLocks, held, open_lock_file
 
 log = logging.getLogger(__name__)
 
@@ -346,13 +346,6 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _open_write_lock(directory: Path) -> int:
-    """The file whose ``flock`` the writers of every process take around a group commit."""
-    locks = directory / "locks"
-    locks.mkdir(exist_ok=True, mode=0o700)
-    return os.open(locks / "writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -407,8 +400,9 @@ class SqliteMailstore:
         )
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
-        #: held by the writer around each group's transaction (`_run_batch`)
-        self._write_lock = _open_write_lock(self.directory)
+        #: the file whose ``flock`` the writers of every process take around each group's
+        #: transaction (`_write_locked`)
+        self._write_lock = open_lock_file(self.directory / "locks" / "writer")
         self._writer = threading.Thread(
             target=self._writer_loop, args=(wconn,), name="postfach-writer", daemon=True
         )
