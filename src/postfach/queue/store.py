@@ -172,17 +172,17 @@ class QueueStore:
     def _migrate(self) -> None:
         conn = self._conn
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"queue database schema version {version} is newer than this postfach "
-                f"(knows {len(MIGRATIONS)}); upgrade postfach"
-            )
         if version < len(MIGRATIONS):
             # One process at a time, the version read again once it is our turn (see
             # `postfach.store.sqlite.SqliteMailstore._migrate`).
             with held(self.path.parent / "locks" / "migrate"):
                 (version,) = conn.execute("PRAGMA user_version").fetchone()
                 self._migrate_from(version)
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"queue database schema version {version} is newer than this postfach "
+                f"(knows {len(MIGRATIONS)}); upgrade postfach"
+            )
 
     def _migrate_from(self, version: int) -> None:
         conn = self._conn

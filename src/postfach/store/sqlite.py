@@ -495,7 +495,7 @@ class SqliteMailstore:
             with held(lock):
                 (version,) = conn.execute("PRAGMA user_version").fetchone()
                 SqliteMailstore._migrate_from(conn, version)
-        elif version > len(MIGRATIONS):
+        if version > len(MIGRATIONS):
             raise StoreError(
                 f"database schema version {version} is newer than this postfach "
                 f"(knows {len(MIGRATIONS)}); upgrade postfach"
@@ -1971,12 +1971,12 @@ class SqliteMailstore:
                 self._index_stop.wait((9 if busy else 2) * (time.monotonic() - started))
 
     def index_pending(self, limit: int) -> int:
-        """Index up to ``limit`` blobs that have no index entry yet; returns how many were
-        handled (indexed, or skipped because their text cannot be extracted).
+        """Index up to ``limit`` blobs of the to-do list (``fts_pending``); returns how many
+        were handled (indexed, skipped, or found freed meanwhile).
 
-        A blob whose text extraction or index insert fails is recorded in ``fts_skipped`` and
-        logged once: it is never retried, and searches decode it on the spot like a blob not
-        indexed yet. Stops between blobs when the store is closing."""
+        A blob whose file cannot be read, or whose text extraction or index insert fails, is
+        recorded in ``fts_skipped`` and logged once: it is never retried, and searches decode it
+        on the spot like a blob not indexed yet. Stops between blobs when the store is closing."""
         if not self._has_pending:
             return 0
         rows = (
