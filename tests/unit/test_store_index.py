@@ -286,3 +286,28 @@ def test_a_message_whose_file_is_missing_does_not_stop_the_indexer(tmp_path: Pat
         assert s.search_text_uids(inbox(s), "TEXT", "KINGFISHER") == {2}
     finally:
         s.close()
+
+
+def test_mail_another_process_stores_is_indexed_without_waiting_for_the_idle_timer(
+    tmp_path: Path,
+) -> None:
+    """A server's indexer runs in one worker; the others deliver too. Their mail reaches it
+    through the change feed: indexed at once (not at the indexer's next 5 s look), and
+    counted as mail arriving, so the indexer keeps to small batches while any worker
+    receives."""
+    indexing = SqliteMailstore(tmp_path / "data", publish=lambda changes: None)
+    other = SqliteMailstore(tmp_path / "data", index_text=False)
+    try:
+        other.add_domain("example.org")
+        other.add_account("alice@example.org", "-")
+        time.sleep(0.3)  # the indexer is waiting for work now
+        before = indexing._last_added
+        put(other, "from the other worker", "text")
+        deadline = time.monotonic() + 3
+        while count(indexing, "fts_docs") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert count(indexing, "fts_docs") == 1
+        assert indexing._last_added > before
+    finally:
+        other.close()
+        indexing.close()

@@ -445,6 +445,11 @@ class SqliteMailstore:
         self.maildrop_locks.unlock(account_id)
 
     def _publish_foreign(self, changes: list[Change]) -> None:
+        if any(isinstance(c, MessageAdded) for c in changes):
+            # Mail another process stored: the indexer has new work, and it counts as mail
+            # arriving (the indexer steps back while any worker is receiving).
+            self._last_added = time.monotonic()
+            self._index_wakeup.set()
         publish = self._publish
         if publish is not None:
             publish(changes)
