@@ -4,6 +4,7 @@ consistent (hypothesis)."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -248,7 +249,9 @@ def test_delta_and_full_listing_plan_the_same(scn: tuple) -> None:
     w, _story, (before, _new) = scn
     full = w.plan(view=w.view())
     delta = w.plan(view=w.view(complete=False, before=before))
-    assert sorted(map(repr, full)) == sorted(map(repr, delta))
+    # Compared as multisets of actions, not by their repr: two equal frozensets of flags may
+    # print their members in different orders (a test failure seen once in many runs).
+    assert Counter(full) == Counter(delta)
 
 
 @settings(max_examples=200, deadline=None)
