@@ -82,7 +82,9 @@ def main() -> int:
     accounts = delivery_accounts(args.accounts)
     with tempfile.TemporaryDirectory(prefix="smtp-instr-") as tmp:
         root = Path(tmp)
-        pf = Postfach(root, accounts)
+        # One process: callgrind_control reaches the pid it started, and a supervisor with
+        # forked workers (the default on a multi-core machine) would leave every count at 0.
+        pf = Postfach(root, accounts, workers=1)
         pf.setup()
         out = root / "callgrind"
         out.mkdir()
