@@ -311,3 +311,50 @@ def test_mail_another_process_stores_is_indexed_without_waiting_for_the_idle_tim
     finally:
         other.close()
         indexing.close()
+
+
+def test_the_indexer_waits_while_mail_keeps_arriving_and_catches_up_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indexing competes with delivery for the writer lock and the CPU: while messages keep
+    arriving it indexes only a small batch now and then, and once mail is quiet it indexes
+    everything."""
+    monkeypatch.setattr(SqliteMailstore, "INDEX_BUSY_EVERY", 60.0)  # no floor batch in this test
+    monkeypatch.setattr(SqliteMailstore, "INDEX_QUIET", 1.0)  # a slow delivery is no quiet moment
+    s = SqliteMailstore(tmp_path / "data")
+    try:
+        s.add_domain("example.org")
+        s.add_account("alice@example.org", "-")
+        for i in range(30):  # 1.5 s of mail, one message every 50 ms
+            put(s, f"burst {i}", "text")
+            time.sleep(0.05)
+        during = count(s, "fts_docs")
+        deadline = time.monotonic() + 10
+        while count(s, "fts_docs") < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert during == 0
+        assert count(s, "fts_docs") == 30
+    finally:
+        s.close()
+
+
+def test_the_indexer_never_stops_altogether_while_mail_keeps_arriving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under mail that never pauses, a small batch still gets indexed every
+    `INDEX_BUSY_EVERY` seconds."""
+    monkeypatch.setattr(SqliteMailstore, "INDEX_QUIET", 3600.0)  # mail never pauses
+    monkeypatch.setattr(SqliteMailstore, "INDEX_BUSY_EVERY", 0.2)
+    s = SqliteMailstore(tmp_path / "data")
+    try:
+        s.add_domain("example.org")
+        s.add_account("alice@example.org", "-")
+        for i in range(7):
+            put(s, f"steady {i}", "text")
+        deadline = time.monotonic() + 10
+        while count(s, "fts_docs") < 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count(s, "fts_docs") == 7
+        assert s.INDEX_BATCH_BUSY < 7  # so that it took several of the small batches
+    finally:
+        s.close()
