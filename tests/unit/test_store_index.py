@@ -69,6 +69,15 @@ def count(store: SqliteMailstore, table: str) -> int:
     return int(n)
 
 
+def indexed_within(store: SqliteMailstore, wanted: int, seconds: float) -> int:
+    """How many messages the indexer thread has indexed, once it reached ``wanted`` or after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while count(store, "fts_docs") < wanted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return count(store, "fts_docs")
+
+
 def test_a_message_that_cannot_be_indexed_is_skipped_once(
     store: SqliteMailstore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,10 +132,7 @@ def test_the_indexer_thread_goes_on_past_a_bad_message(
         put(s, "bad", "POISON")
         for i in range(60):
             put(s, f"good {i}", "text")
-        deadline = time.monotonic() + 20
-        while count(s, "fts_docs") < 60 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert count(s, "fts_docs") == 60
+        assert indexed_within(s, 60, 20) == 60
     finally:
         s.close()
 
@@ -303,10 +309,7 @@ def test_mail_another_process_stores_is_indexed_without_waiting_for_the_idle_tim
         time.sleep(0.3)  # the indexer is waiting for work now
         before = indexing._last_added
         put(other, "from the other worker", "text")
-        deadline = time.monotonic() + 3
-        while count(indexing, "fts_docs") < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert count(indexing, "fts_docs") == 1
+        assert indexed_within(indexing, 1, 3) == 1
         assert indexing._last_added > before
     finally:
         other.close()
@@ -328,12 +331,8 @@ def test_the_indexer_waits_while_mail_keeps_arriving_and_catches_up_after(
         for i in range(30):  # 1.5 s of mail, one message every 50 ms
             put(s, f"burst {i}", "text")
             time.sleep(0.05)
-        during = count(s, "fts_docs")
-        deadline = time.monotonic() + 10
-        while count(s, "fts_docs") < 30 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert during == 0
-        assert count(s, "fts_docs") == 30
+        assert count(s, "fts_docs") == 0
+        assert indexed_within(s, 30, 10) == 30
     finally:
         s.close()
 
@@ -351,10 +350,7 @@ def test_the_indexer_never_stops_altogether_while_mail_keeps_arriving(
         s.add_account("alice@example.org", "-")
         for i in range(7):
             put(s, f"steady {i}", "text")
-        deadline = time.monotonic() + 10
-        while count(s, "fts_docs") < 7 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert count(s, "fts_docs") == 7
+        assert indexed_within(s, 7, 10) == 7
         assert s.INDEX_BATCH_BUSY < 7  # so that it took several of the small batches
     finally:
         s.close()
