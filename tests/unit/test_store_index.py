@@ -298,9 +298,8 @@ def test_mail_another_process_stores_is_indexed_without_waiting_for_the_idle_tim
     tmp_path: Path,
 ) -> None:
     """A server's indexer runs in one worker; the others deliver too. Their mail reaches it
-    through the change feed: indexed at once (not at the indexer's next 5 s look), and
-    counted as mail arriving, so the indexer keeps to small batches while any worker
-    receives."""
+    through the change feed: indexed as soon as mail is quiet (not at the indexer's next 5 s
+    look), and counted as mail arriving, so the indexer waits while any worker receives."""
     indexing = SqliteMailstore(tmp_path / "data", publish=lambda changes: None)
     other = SqliteMailstore(tmp_path / "data", index_text=False)
     try:
