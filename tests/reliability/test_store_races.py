@@ -156,3 +156,43 @@ def test_processes_opening_a_new_data_directory_at_once_all_start(tmp_path: Path
 
     with concurrent.futures.ThreadPoolExecutor(opened) as pool:
         assert list(pool.map(open_both, range(opened))) == [0] * opened
+
+
+def test_connections_switching_a_new_file_to_wal_at_once_all_open(tmp_path: Path) -> None:
+    """The switch to WAL needs the new file to itself, and SQLite answers "database is locked"
+    at once, busy timeout or not, to a connection that could deadlock waiting for it. Before,
+    the queue's and the store's connections failed that way: CI saw a server fail to start
+    beside ``postfach user add`` (about one round in twenty here, with sixteen openers)."""
+    from postfach.store.wal import connect_wal
+
+    opened = 16
+
+    def open_all(path: Path) -> list[str]:
+        barrier = threading.Barrier(opened)
+
+        def one(_: int) -> str:
+            barrier.wait()
+            conn = connect_wal(path, timeout=10)
+            try:
+                return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+            finally:
+                conn.close()
+
+        with concurrent.futures.ThreadPoolExecutor(opened) as pool:
+            return list(pool.map(one, range(opened)))
+
+    for round_ in range(60):
+        assert open_all(tmp_path / f"{round_}.db") == ["wal"] * opened
+
+
+def test_a_database_that_cannot_be_opened_fails_at_once(tmp_path: Path) -> None:
+    """Only "busy" is tried again: a path that is a directory is an error without waiting."""
+    import sqlite3
+    import time
+
+    from postfach.store.wal import connect_wal
+
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError):
+        connect_wal(tmp_path, timeout=30)
+    assert time.monotonic() - started < 5

@@ -34,6 +34,7 @@ from typing import Any, Final, TypeVar
 
 from postfach.errors import StoreError
 from postfach.store.locks import held
+from postfach.store.wal import connect_wal
 
 T = TypeVar("T")
 
@@ -149,10 +150,8 @@ class _Write:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn = connect_wal(path, timeout=10)
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 

@@ -67,6 +67,7 @@ from postfach.store.api import (
     Publisher,
 )
 from postfach.store.locks import MaildropLocks, held, open_lock_file
+from postfach.store.wal import connect_wal
 
 log = logging.getLogger(__name__)
 
@@ -347,11 +348,9 @@ def _process_exists(pid: int) -> bool:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn = connect_wal(path, timeout=30)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from postfach.store.wal import connect_wal
+
 __all__ = ["MigrateState", "MigrateStateError"]
 
 SCHEMA_VERSION: Final = 1
@@ -53,8 +55,7 @@ class MigrateState:
         self.source = source
         self.account = account
         try:
-            self.db = sqlite3.connect(path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db = connect_wal(path, timeout=5, check_same_thread=True)
             self.db.execute("PRAGMA synchronous=FULL")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:

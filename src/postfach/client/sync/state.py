@@ -15,7 +15,6 @@ instead of copying either again. Every write is a transaction (WAL, ``synchronou
 from __future__ import annotations
 
 import functools
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from postfach.client.sync.names import Flags
+from postfach.store.wal import connect_wal
 
 __all__ = [
     "FolderRow",
@@ -120,8 +120,7 @@ class SyncState:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect_wal(path, timeout=5)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
