@@ -3,7 +3,10 @@
 A deliberately lean client (asyncio streams, stdlib only) so that on a 2-core machine the load
 generator takes as little CPU from the server as possible: each client keeps one connection,
 pipelines ``MAIL``/``RCPT``/``DATA`` when the server offers PIPELINING (all three servers here
-do), then sends the message and waits for the final reply before the next transaction.
+do), then sends the message and waits for the final reply before the next transaction. With
+``chunking`` and a server that offers CHUNKING (RFC 3030; Postfix, Dovecot LMTP and postfach
+do), the message goes as one ``BDAT <size> LAST`` pipelined with ``MAIL`` and ``RCPT``: one
+round trip per message instead of two, as Exim and Exchange send it.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ async def _expect(reader: asyncio.StreamReader, code: int, what: str) -> None:
 
 
 class _Client:
-    def __init__(self, port: int, lmtp: bool) -> None:
+    def __init__(self, port: int, lmtp: bool, chunking: bool) -> None:
         self.port = port
         self.lmtp = lmtp
+        self.want_chunking = chunking
+        self.chunking = False
         self.pipelining = False
         self.size_ext = False
         self.reader: asyncio.StreamReader | None = None
@@ -74,12 +79,23 @@ class _Client:
             if line[3:4] != b"-":
                 break
         self.pipelining = b"PIPELINING" in caps
+        self.chunking = self.want_chunking and self.pipelining and b"CHUNKING" in caps
         self.size_ext = any(c == b"SIZE" or c.startswith(b"SIZE ") for c in caps)
 
     async def send(self, rcpt: str, message: bytes) -> None:
         reader, writer = self.reader, self.writer
         assert reader is not None and writer is not None
         size = f" SIZE={len(message)}" if self.size_ext else ""
+        if self.chunking:
+            writer.write(
+                f"MAIL FROM:<{SENDER}>{size}\r\nRCPT TO:<{rcpt}>\r\n"
+                f"BDAT {len(message)} LAST\r\n".encode()
+            )
+            writer.write(message)
+            await _expect(reader, 250, "MAIL")
+            await _expect(reader, 250, "RCPT")
+            await _expect(reader, 250, "BDAT")  # LMTP: one reply for the one recipient
+            return
         envelope = [
             f"MAIL FROM:<{SENDER}>{size}\r\n".encode(),
             f"RCPT TO:<{rcpt}>\r\n".encode(),
@@ -128,10 +144,12 @@ async def run_delivery(
     factory: MessageFactory,
     serial_base: int = 0,
     timeout: float = 300.0,
+    chunking: bool = False,
 ) -> DeliveryStats:
     """Deliver ``messages`` messages over ``clients`` connections; message i goes to
-    ``recipients[i % len(recipients)]``. Raises if any transaction fails."""
-    conns = [_Client(port, lmtp) for _ in range(clients)]
+    ``recipients[i % len(recipients)]`` (with BDAT if ``chunking`` and the server offers it).
+    Raises if any transaction fails."""
+    conns = [_Client(port, lmtp, chunking) for _ in range(clients)]
     try:
         async with asyncio.timeout(60):
             await asyncio.gather(*(c.connect() for c in conns))

@@ -170,6 +170,7 @@ class Ctx:
                 factory=self.factory,
                 serial_base=self.serials.take(messages),
                 timeout=a.timeout,
+                chunking=a.chunking,
             )
         )
 
@@ -571,6 +572,7 @@ def markdown(report: Report, host: dict[str, str]) -> str:
         "Machine: " + ", ".join(f"{k} {v}" for k, v in host.items()),
         "",
         f"Parameters: {p['clients']} clients, messages of {p['size']} bytes; delivery "
+        f"with {'BDAT where offered' if p.get('chunking') else 'DATA'}, "
         f"{p['messages']} messages per target (after {p['warmup']} warm-up) to "
         f"{p['accounts']} accounts; POP3 {p['pop3_messages']} messages per mailbox, "
         f"{p['pop3_rounds']} measured rounds after {p['pop3_warmup']} warm-up, for each of "
@@ -678,6 +680,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "pipelined (less client CPU per MB); one set of rounds for each (default 1 8)",
     )
     ap.add_argument("--pop3-warmup", type=int, default=1, help="unmeasured POP3 rounds first")
+    ap.add_argument(
+        "--chunking",
+        action="store_true",
+        help="deliver with BDAT (RFC 3030) where the server offers CHUNKING, one round trip per "
+        "message; default DATA, two",
+    )
     ap.add_argument("--dovecot-fsync", default="always", choices=["always", "optimized", "never"])
     ap.add_argument(
         "--targets",

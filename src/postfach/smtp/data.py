@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
@@ -38,6 +39,10 @@ _END_AT_START = b".\r\n"
 _END = b"\r\n.\r\n"
 
 _NOMINAL, _TOO_LONG, _TOO_MUCH = 0, 1, 2
+_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+_TOO_MUCH_DATA = "552 Error: Too much mail data"
+#: at most this much of a BDAT chunk is read at a time (a chunk thrown away is never held whole)
+_CHUNK_BLOCK = 1 << 20
 
 
 class MessageReader:
@@ -125,8 +130,45 @@ def _has_long_line(lines: bytes, limit: int) -> bool:
     return False
 
 
+def parse_bdat(arg: str | None) -> tuple[int, bool] | None:
+    """``BDAT`` arguments (RFC 3030 §2: ``chunk-size [SP "LAST"]``): the size and whether the
+    chunk is the last one; None for anything else (aiosmtpd passes None for no argument)."""
+    m = _BDAT_ARGS.fullmatch(arg or "")
+    if m is None:
+        return None
+    return int(m[1]), m[2] is not None
+
+
+_BDAT_ARGS = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)
+BDAT_SYNTAX = "501 5.5.4 Syntax: BDAT chunk-size [LAST]"
+#: the reply to a chunk before the last (held back like MAIL's and RCPT's by
+#: `postfach.smtp.replies`, so a pipelined chunk's reply travels with the next one)
+BDAT_CHUNK_OK = "250 2.0.0 Chunk of {} octets received"
+
+
+class ChunkedMessage:
+    """The chunks of one BDAT transfer so far: kept in the transaction's envelope, so that
+    RSET, a new EHLO and the end of the transaction forget them with the envelope."""
+
+    __slots__ = ("_parts", "size")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._parts.append(chunk)
+
+    def content(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
 class BlockDataSMTP(SMTP):
-    """aiosmtpd ``SMTP`` with ``smtp_DATA`` reading blocks (see the module docstring)."""
+    """aiosmtpd ``SMTP`` with ``smtp_DATA`` reading blocks (see the module docstring) and
+    ``smtp_BDAT`` (RFC 3030 CHUNKING) taking the message in chunks of a stated size."""
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -135,6 +177,9 @@ class BlockDataSMTP(SMTP):
         if await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
+        if getattr(self.envelope, "postfach_chunks", None) is not None:
+            await self.push("503 5.5.1 Error: DATA after BDAT")
+            return
         if not self.envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
@@ -162,12 +207,84 @@ class BlockDataSMTP(SMTP):
             reader.feed_data(rest)
         if msg.state != _NOMINAL:
             if msg.state == _TOO_LONG:
-                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+                await self.push(_LINE_TOO_LONG)
             else:
-                await self.push("552 Error: Too much mail data")
+                await self.push(_TOO_MUCH_DATA)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        content = msg.content()
+        await self._finish(msg.content())
+
+    @syntax("BDAT chunk-size [LAST]")
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        parsed = parse_bdat(arg)
+        if parsed is None:
+            # The chunk's length is unknown, so whatever follows is read as commands.
+            await self.push(BDAT_SYNTAX)
+            return
+        size, last = parsed
+        envelope = self.envelope
+        assert envelope is not None
+        chunks: ChunkedMessage | None = getattr(envelope, "postfach_chunks", None)
+        # The chunk follows the command whatever the reply will be (RFC 3030 §2: a refused
+        # chunk is read and thrown away): kept only when it can become part of a message.
+        so_far = chunks.size if chunks is not None else 0
+        limit = self.data_size_limit
+        keep = bool(envelope.rcpt_tos) and (not limit or so_far + size <= limit)
+        chunk = await self._read_chunk(size, keep)
+        if chunk is None:  # end of input: the session is being torn down
+            return
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("BDAT"):
+            return
+        if not envelope.rcpt_tos:
+            # Also every chunk a client pipelined after one that failed (RFC 3030 §2).
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if not keep:
+            await self.push(_TOO_MUCH_DATA)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        if chunks is None:
+            chunks = ChunkedMessage()
+            envelope.postfach_chunks = chunks  # type: ignore[attr-defined]
+        chunks.add(chunk)
+        if not last:
+            await self.push(BDAT_CHUNK_OK.format(size))
+            return
+        content = chunks.content()
+        if len(content) > self.line_length_limit and _has_long_line(
+            content if content.endswith(b"\r\n") else content + b"\r\n", self.line_length_limit
+        ):
+            await self.push(_LINE_TOO_LONG)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        await self._finish(content)
+
+    async def _read_chunk(self, size: int, keep: bool) -> bytes | None:
+        """The ``size`` octets after a BDAT command (thrown away unless ``keep``: b""), or None
+        if the connection ended first."""
+        reader = self._reader
+        parts: list[bytes] = []
+        left = size
+        while left:
+            try:
+                block: bytes = await reader.read(min(left, _CHUNK_BLOCK))
+            except asyncio.CancelledError:
+                log.info("event=connection_lost_in_data")
+                self._writer.close()
+                raise
+            if not block:
+                self._writer.close()
+                return None
+            left -= len(block)
+            if keep:
+                parts.append(block)
+        return b"".join(parts)
+
+    async def _finish(self, content: bytes) -> None:
+        """The whole message is here: to the handler's DATA hook, and its reply to the client."""
+        assert self.envelope is not None
         if not self._decode_data:
             self.envelope.content = content
         elif self.enable_SMTPUTF8:

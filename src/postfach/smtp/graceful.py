@@ -59,6 +59,13 @@ class GracefulSMTP:
         finally:
             self._in_data = False
 
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        self._in_data = True  # a chunk on its way gets the grace period a DATA transfer gets
+        try:
+            await super().smtp_BDAT(arg)  # type: ignore[misc]
+        finally:
+            self._in_data = False
+
     def begin_shutdown(self, grace: float = DATA_GRACE) -> None:
         """Say goodbye at the next command boundary (at once if the session is waiting for
         one); a DATA transfer may go on for ``grace`` seconds."""

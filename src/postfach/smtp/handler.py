@@ -141,11 +141,12 @@ class InboundHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        # aiosmtpd handles pipelined commands: advertise it, and the enhanced codes we send.
+        # aiosmtpd handles pipelined commands: advertise it, BDAT (postfach.smtp.data), and
+        # the enhanced codes we send.
         # No AUTH on this listener (inbound mail needs none; submission is another port), and
         # the last line is a keyword of ours so `push` can tell the EHLO answer apart.
         keep = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
-        return [*keep, "250-PIPELINING", EHLO_LAST]
+        return [*keep, "250-PIPELINING", "250-CHUNKING", EHLO_LAST]
 
     async def handle_MAIL(
         self,

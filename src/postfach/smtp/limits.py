@@ -14,7 +14,7 @@ protocols:
   a big message on a slow line. Here the timer is extended while the message arrives: it must be
   complete by ``DATA + timeout + octets / min_rate`` (`postfach.limits.input_deadline`), so a
   byte-a-minute sender is out after about ``timeout`` seconds and a 50 MB message at 10 KB/s gets
-  its 85 minutes.
+  its 85 minutes. Each BDAT chunk gets the same deadline for its octets.
 * **Timeout.** The client is told ``421 4.4.2`` and the connection closed; if it does not read
   (the close would wait for the output buffer to drain forever) it is aborted a few seconds
   later. Replies are small and aiosmtpd waits for each to drain (64 KiB high-water mark), so a
@@ -157,6 +157,17 @@ class LimitedSMTP(SMTP):
             self._pf_data = None
             if self.transport is not None:
                 self._reset_timeout()  # the next command gets a full timeout again
+
+    @syntax("BDAT chunk-size [LAST]")
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        # A chunk gets the time DATA gets for the same octets (the next command a full timeout).
+        self._pf_data = (self.loop.time(), self._pf_octets)
+        try:
+            await super().smtp_BDAT(arg)  # type: ignore[misc]
+        finally:
+            self._pf_data = None
+            if self.transport is not None:
+                self._reset_timeout()
 
     def _timeout_cb(self) -> None:
         if self._pf_data is not None:

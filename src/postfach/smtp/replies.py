@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the replies held back: MAIL and RCPT accepted (postfach.smtp.handler's texts)
-_HOLD = ("250 2.1.0 ", "250 2.1.5 ")
+#: the replies held back: MAIL and RCPT accepted (postfach.smtp.handler's texts), a BDAT chunk
+#: before the last one received (postfach.smtp.data)
+_HOLD = ("250 2.1.0 ", "250 2.1.5 ", "250 2.0.0 Chunk of ")
 
 
 class HeldReplies:

@@ -12,9 +12,9 @@ What this listener adds to aiosmtpd:
   ``NOTIFY``/``ORCPT`` (RCPT) are taken out of the command line before aiosmtpd parses it,
   validated here and handed to the transaction. The RFC 4954 ``AUTH=`` MAIL parameter is
   accepted and ignored.
-* EHLO advertises SIZE, 8BITMIME, SMTPUTF8 (aiosmtpd), PIPELINING, DSN and
-  ENHANCEDSTATUSCODES, and every reply carries an enhanced status code (the mixin shared with
-  the MX listener).
+* EHLO advertises SIZE, 8BITMIME, SMTPUTF8 (aiosmtpd), PIPELINING, CHUNKING
+  (`postfach.smtp.data`), DSN and ENHANCEDSTATUSCODES, and every reply carries an enhanced
+  status code (the mixin shared with the MX listener).
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ class SubmissionHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", "250-DSN", EHLO_LAST]
+        return [*responses[:-1], "250-PIPELINING", "250-CHUNKING", "250-DSN", EHLO_LAST]
 
     async def handle_MAIL(
         self,

@@ -1,0 +1,230 @@
+"""CHUNKING (RFC 3030 BDAT) over real sockets: the message arrives in chunks of a stated size,
+with no dot-stuffing and no end line; a refused chunk is read and thrown away, so its octets are
+never taken for commands."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import socket
+from pathlib import Path
+
+from postfach.store.api import INBOX
+from support import PASSWORD, RunningServer, start_server
+
+ALICE = "alice@example.org"
+
+
+def stored(server: RunningServer, name: str = ALICE) -> list[bytes]:
+    acc = server.store.get_account(name)
+    assert acc is not None
+    box = server.store.get_mailbox(acc.id, INBOX)
+    assert box is not None
+    return [server.store.read_blob(m.blob) for m in server.store.list_messages(box.id)]
+
+
+def body_of(message: bytes) -> bytes:
+    """The message as the client sent it: what follows the trace headers postfach adds."""
+    assert message.startswith(b"Return-Path: ")
+    return message[message.index(b"\r\n\t") :].split(b"\r\n", 3)[3]
+
+
+def session(port: int, data: bytes, replies: int) -> list[bytes]:
+    """Send ``data`` at once after the greeting; the last lines of ``replies`` replies."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(data)
+        out = []
+        while len(out) < replies:
+            line = f.readline()
+            assert line, out
+            if line[3:4] != b"-":
+                out.append(line.rstrip(b"\r\n"))
+        return out
+
+
+def bdat(chunk: bytes, last: bool = False) -> bytes:
+    return b"BDAT %d%s\r\n" % (len(chunk), b" LAST" if last else b"") + chunk
+
+
+ENVELOPE = b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<alice@example.org>\r\n"
+# What DATA would need dot-stuffed and would end at: BDAT carries it as it is.
+BODY = b"Subject: chunks\r\n\r\n.\r\n..two dots\r\nMAIL FROM:<x@y>\r\nlast line\r\n"
+
+
+def test_ehlo_offers_chunking_on_every_smtp_listener(server: RunningServer) -> None:
+    for port, hello in (("smtp", b"EHLO"), ("submission", b"EHLO"), ("lmtp", b"LHLO")):
+        with socket.create_connection(("127.0.0.1", server.port(port)), timeout=20) as sock:
+            f = sock.makefile("rb")
+            assert f.readline().startswith(b"220 ")
+            sock.sendall(hello + b" x\r\n")
+            lines = [f.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(f.readline())
+        assert b"250-CHUNKING\r\n" in lines, port
+
+
+def test_one_pipelined_write_with_bdat_last_stores_the_octets_unchanged(
+    server: RunningServer,
+) -> None:
+    server.add_user(ALICE)
+    data = b"EHLO x\r\n" + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
+    replies = session(server.port("smtp"), data, 5)
+    assert [r[:9] for r in replies] == [
+        b"250 ENHAN", b"250 2.1.0", b"250 2.1.5", b"250 2.0.0", b"221 2.0.0"
+    ]  # fmt: skip
+    [msg] = stored(server)
+    assert body_of(msg) == BODY
+
+
+def test_chunks_are_joined_and_each_is_acknowledged(server: RunningServer) -> None:
+    server.add_user(ALICE)
+    # Chunk boundaries inside a header, between CR and LF, and an empty last chunk.
+    one, two, three = BODY[:5], BODY[5:16], BODY[16:]
+    assert two.endswith(b"\r") and three.startswith(b"\n")
+    data = (
+        b"EHLO x\r\n" + ENVELOPE + bdat(one) + bdat(two) + bdat(three) + bdat(b"", last=True)
+        + b"QUIT\r\n"
+    )  # fmt: skip
+    replies = session(server.port("smtp"), data, 8)
+    assert replies[3:6] == [
+        b"250 2.0.0 Chunk of 5 octets received",
+        b"250 2.0.0 Chunk of 11 octets received",
+        b"250 2.0.0 Chunk of %d octets received" % len(three),
+    ]
+    assert replies[6] == b"250 2.0.0 OK"
+    [msg] = stored(server)
+    assert body_of(msg) == BODY
+
+
+def test_bdat_without_a_recipient_is_refused_and_its_octets_are_not_commands(
+    server: RunningServer,
+) -> None:
+    server.add_user(ALICE)
+    sneaky = b"QUIT\r\n"  # read as a command, it would end the session
+    data = (
+        b"EHLO x\r\n" + bdat(sneaky, last=True)
+        + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
+    )  # fmt: skip
+    replies = session(server.port("smtp"), data, 6)
+    assert replies[1] == b"503 5.5.1 Error: need RCPT command"
+    assert [r[:3] for r in replies[2:]] == [b"250", b"250", b"250", b"221"]
+    assert [body_of(m) for m in stored(server)] == [BODY]
+
+
+def test_data_after_bdat_is_a_bad_sequence_and_rset_forgets_the_chunks(
+    server: RunningServer,
+) -> None:
+    server.add_user(ALICE)
+    data = (
+        b"EHLO x\r\n" + ENVELOPE + bdat(b"Subject: lost\r\n") + b"DATA\r\n" + b"RSET\r\n"
+        + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
+    )  # fmt: skip
+    replies = session(server.port("smtp"), data, 10)
+    assert replies[4] == b"503 5.5.1 Error: DATA after BDAT"
+    assert replies[5].startswith(b"250 ") and replies[8] == b"250 2.0.0 OK"
+    assert [body_of(m) for m in stored(server)] == [BODY]
+
+
+def test_bad_bdat_arguments_get_a_syntax_error(server: RunningServer) -> None:
+    server.add_user(ALICE)
+    data = b"EHLO x\r\n" + ENVELOPE + b"BDAT\r\nBDAT x LAST\r\nBDAT 5 FIRST\r\nNOOP\r\nQUIT\r\n"
+    replies = session(server.port("smtp"), data, 8)
+    assert replies[3:6] == [b"501 5.5.4 Syntax: BDAT chunk-size [LAST]"] * 3
+    assert replies[6].startswith(b"250 ") and replies[7].startswith(b"221 ")
+    assert stored(server) == []
+
+
+def test_too_much_data_is_refused_and_pipelined_chunks_after_it_are_thrown_away(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "postfach.toml").write_text('[limits]\nmax_message_size = "10K"\n')
+    srv = start_server(data_dir)
+    try:
+        srv.add_user(ALICE)
+        big = b"x" * 70 + b"\r\n"
+        data = (
+            b"EHLO x\r\n" + ENVELOPE + bdat(big * 100) + bdat(big * 100) + bdat(big, last=True)
+            + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
+        )  # fmt: skip
+        replies = session(srv.port("smtp"), data, 10)
+        assert replies[3].startswith(b"250 2.0.0 Chunk of 7200")
+        assert replies[4] == b"552 5.3.4 Error: Too much mail data"
+        # The sender may already have sent more chunks (RFC 3030 §2): read, refused, skipped.
+        assert replies[5] == b"503 5.5.1 Error: need RCPT command"
+        assert replies[8] == b"250 2.0.0 OK" and replies[9].startswith(b"221 ")
+        assert [body_of(m) for m in stored(srv)] == [BODY]
+    finally:
+        srv.stop()
+
+
+def test_a_full_mailbox_refuses_the_last_chunk_with_mailbox_full(server: RunningServer) -> None:
+    server.add_user(ALICE, quota=200)
+    data = b"EHLO x\r\n" + ENVELOPE + bdat(BODY + b"x" * 300 + b"\r\n", last=True) + b"QUIT\r\n"
+    replies = session(server.port("smtp"), data, 5)
+    assert replies[3].startswith(b"552 5.2.2 Mailbox full")
+    assert stored(server) == []
+
+
+def test_lmtp_bdat_last_answers_per_recipient(server: RunningServer) -> None:
+    server.add_user(ALICE, quota=200)
+    server.add_user("bob@example.org")
+    data = (
+        b"LHLO x\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<alice@example.org>\r\n"
+        b"RCPT TO:<bob@example.org>\r\n" + bdat(BODY) + bdat(b"x" * 300 + b"\r\n", last=True)
+        + b"QUIT\r\n"
+    )  # fmt: skip
+    replies = session(server.port("lmtp"), data, 8)
+    assert replies[4] == b"250 2.0.0 Chunk of %d octets received" % len(BODY)
+    assert replies[5].startswith(b"552 5.2.2 Mailbox full: <alice@example.org>")
+    assert replies[6] == b"250 2.0.0 <bob@example.org> delivered"
+    [msg] = stored(server, "bob@example.org")
+    assert body_of(msg) == BODY + b"x" * 300 + b"\r\n"
+
+
+def test_submission_takes_bdat_after_login(server: RunningServer) -> None:
+    server.add_user(ALICE)
+    server.add_user("bob@example.org")
+    message = b"From: <alice@example.org>\r\nTo: <bob@example.org>\r\nSubject: s\r\n\r\nHi.\r\n"
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as s:
+        s.ehlo("client.example")
+        assert s.has_extn("chunking")
+        s.putcmd("BDAT", "3 LAST")  # before AUTH: refused, its 3 octets skipped
+        s.send(b"abc")
+        assert s.getreply()[0] == 530
+        auth = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
+        assert s.docmd("AUTH", f"PLAIN {auth}")[0] == 235
+        assert s.docmd("MAIL", "FROM:<alice@example.org>")[0] == 250
+        assert s.docmd("RCPT", "TO:<bob@example.org>")[0] == 250
+        s.putcmd("BDAT", f"{len(message)} LAST")
+        s.send(message)
+        code, text = s.getreply()
+        assert code == 250, text
+    [msg] = stored(server, "bob@example.org")
+    assert b"\r\nSubject: s\r\n\r\nHi.\r\n" in msg
+
+
+def test_a_transaction_arriving_a_few_octets_at_a_time(server: RunningServer) -> None:
+    server.add_user(ALICE)
+    data = b"EHLO x\r\n" + ENVELOPE + bdat(BODY[:30]) + bdat(BODY[30:], last=True) + b"QUIT\r\n"
+    with socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=20) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        for i in range(0, len(data), 3):
+            sock.sendall(data[i : i + 3])
+        replies = [line for line in iter(f.readline, b"") if line[3:4] == b" "]
+    assert [r[:9] for r in replies] == [
+        b"250 ENHAN", b"250 2.1.0", b"250 2.1.5", b"250 2.0.0", b"250 2.0.0", b"221 2.0.0"
+    ]  # fmt: skip
+    assert [body_of(m) for m in stored(server)] == [BODY]
+
+
+def test_binarymime_is_not_offered(server: RunningServer) -> None:
+    server.add_user(ALICE)
+    data = b"EHLO x\r\nMAIL FROM:<a@remote.example> BODY=BINARYMIME\r\nQUIT\r\n"
+    replies = session(server.port("smtp"), data, 3)
+    assert replies[1].startswith(b"501 ")
