@@ -181,6 +181,32 @@ def test_sigterm_lets_a_data_transfer_finish_and_cuts_a_stalled_one(tmp_path: Pa
     assert _inbox_subjects(data) == [b"Subject: half"]
 
 
+def test_sigterm_lets_a_bdat_chunk_on_its_way_finish(tmp_path: Path) -> None:
+    """A BDAT chunk gets the grace period of a DATA transfer: the client that is sending it
+    when the server stops still gets its 250, then 421."""
+    data = _data(tmp_path)
+    server = spawn(data)
+    message = b"Subject: chunked\r\n\r\nfirst half\r\nsecond half\r\n"
+    try:
+        s = _connect(server.port("smtp"))
+        assert _line(s).startswith(b"220")
+        s.sendall(
+            f"EHLO c.example\r\nMAIL FROM:<bob@example.com>\r\nRCPT TO:<{USER}>\r\n".encode()
+            + b"BDAT %d LAST\r\n" % len(message)
+            + message[:30]
+        )
+        assert _until(s, b"250 2.1.5").startswith(b"250 2.1.5")
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the server is stopping now; the client goes on sending
+        s.sendall(message[30:])
+        assert _line(s).startswith(b"250 2.0.0")
+        assert _rest(s).startswith(b"421 4.3.2 ")
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.kill()
+    assert _inbox_subjects(data) == [b"Subject: chunked"]
+
+
 def test_sigterm_pop3_transaction_without_quit_deletes_nothing(tmp_path: Path) -> None:
     data = _data(tmp_path, messages=3)
     server = spawn(data)
