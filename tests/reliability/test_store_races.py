@@ -163,7 +163,7 @@ def test_connections_switching_a_new_file_to_wal_at_once_all_open(tmp_path: Path
     at once, busy timeout or not, to a connection that could deadlock waiting for it. Before,
     the queue's and the store's connections failed that way: CI saw a server fail to start
     beside ``postfach user add`` (about one round in twenty here, with sixteen openers)."""
-    from postfach.store.wal import connect_wal
+    from postfach.sqlitewal import connect_wal
 
     opened = 16
 
@@ -190,7 +190,7 @@ def test_a_database_that_cannot_be_opened_fails_at_once(tmp_path: Path) -> None:
     import sqlite3
     import time
 
-    from postfach.store.wal import connect_wal
+    from postfach.sqlitewal import connect_wal
 
     started = time.monotonic()
     with pytest.raises(sqlite3.OperationalError):

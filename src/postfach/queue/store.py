@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from postfach.errors import StoreError
+from postfach.sqlitewal import connect_wal
 from postfach.store.locks import held
-from postfach.store.wal import connect_wal
 
 T = TypeVar("T")
 

@@ -46,6 +46,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from postfach.errors import AlreadyExists, DiskFull, NotFound, OverQuota, StoreError
 from postfach.mime.stored import load_parsed
 from postfach.mime.structure import parse, search_text
+from postfach.sqlitewal import connect_wal
 from postfach.store import feed
 from postfach.store.api import (
     DEFAULT_MAILBOXES,
@@ -67,7 +68,6 @@ from postfach.store.api import (
     Publisher,
 )
 from postfach.store.locks import MaildropLocks, held, open_lock_file
-from postfach.store.wal import connect_wal
 
 log = logging.getLogger(__name__)
 

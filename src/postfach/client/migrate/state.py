@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from postfach.store.wal import connect_wal
+from postfach.sqlitewal import connect_wal
 
 __all__ = ["MigrateState", "MigrateStateError"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from postfach.client.sync.names import Flags
-from postfach.store.wal import connect_wal
+from postfach.sqlitewal import connect_wal
 
 __all__ = [
     "FolderRow",
