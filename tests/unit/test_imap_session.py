@@ -1082,6 +1082,35 @@ def test_keywords_from_another_session_are_announced_first(tmp_path: Path) -> No
     run(tmp_path, body)
 
 
+def test_a_fetch_announces_keywords_another_session_set_since_the_last_command(
+    tmp_path: Path,
+) -> None:
+    """imaptest stress, RFC 9051 §7.3.5: a keyword another session set while this one was
+    between commands is in the FETCH's own answer (from the flag array or the metadata), so it
+    is announced in FLAGS before it, not only in the updates after the command. Before, the
+    FETCH showed it first ("Keyword used without being in FLAGS")."""
+
+    async def body(env: Env) -> None:
+        env.account()
+        a, b = env.client(), env.client()
+        for cl in (a, b):
+            await cl.login()
+            await cl.ok("SELECT INBOX")
+        for fetch, kw in (
+            ("FETCH 1:* (FLAGS)", "$fresh"),  # answered from the flag array
+            ("FETCH 1 (FLAGS INTERNALDATE)", "$newer"),  # from the metadata
+            ("FETCH 1 (FLAGS BODY.PEEK[HEADER])", "$newest"),  # from the metadata and the blob
+        ):
+            await a.ok(f"STORE 1 +FLAGS ({kw})")
+            lines = await b.ok(fetch)
+            shown = next(i for i, line in enumerate(lines) if kw in line and "FETCH" in line)
+            announced = [i for i, line in enumerate(lines) if line.startswith("* FLAGS (")]
+            assert announced and announced[0] < shown, lines
+            assert f" {kw})" in lines[announced[0]]
+
+    run(tmp_path, body)
+
+
 def test_condstore_enabling_command_reports_highestmodseq(tmp_path: Path) -> None:
     """imaptest esearch-condstore, RFC 7162 §3.1: the first CONDSTORE-enabling command in the
     selected state gets an untagged OK [HIGHESTMODSEQ]; later ones do not."""

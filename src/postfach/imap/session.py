@@ -1731,7 +1731,7 @@ class ImapSession:
             if await self._fetch_flags(view, live, lines):
                 issued = True
             if issued:
-                raise ImapNo("EXPUNGEISSUED", "some messages were expunged meanwhile")
+                raise ImapNo("EXPUNGEISSUED", "some of the requested messages no longer exist")
             return _Ok("FETCH completed")
         metas = self._metas(sel, live)
         seen_now: set[int] = set()
@@ -1744,6 +1744,8 @@ class ImapSession:
                 for changed in result.changed:
                     metas[changed.uid] = changed
                     seen_now.add(changed.uid)
+        # The metadata has the changes other sessions made since this one's last command.
+        self._announce_keywords(sel, {k for m in metas.values() for k in m.keywords})
         reported: list[MessageMeta] = []
         # Items answered from metadata alone (FLAGS, UID, sizes, dates, ...): no per-message
         # coroutine; the connection batches the writes, a drain every _FETCH_BATCH messages.
@@ -1784,7 +1786,7 @@ class ImapSession:
             if reported:
                 view.reported(reported)
         if issued:  # RFC 2180 §4.1.2 / RFC 9051 §7.1 EXPUNGEISSUED
-            raise ImapNo("EXPUNGEISSUED", "some messages were expunged meanwhile")
+            raise ImapNo("EXPUNGEISSUED", "some of the requested messages no longer exist")
         return _Ok("FETCH completed")
 
     async def _fetch_flags(
@@ -1798,6 +1800,9 @@ class ImapSession:
         bits = view.flag_bits()  # first: it folds pending changes in
         known = view.uids
         keywords = view.keywords_by_uid()
+        # Folded in just now: a keyword another session set since this one's last command is
+        # announced before the FETCH that shows it (RFC 9051 §7.3.5), not after the command.
+        self._announce_keywords(self._sel(), set().union(*keywords.values()))
         recent = view.recent_uids
         n = len(known)
         issued = False
