@@ -40,6 +40,7 @@ from postfach.queue.runner import QueueRunner
 from postfach.queue.schedule import Schedule
 from postfach.queue.store import QueueStore
 from postfach.sharedcounts import SharedCounts
+from postfach.sharedrecent import SharedRecentClaims
 from postfach.sharedthrottle import SharedThrottle
 from postfach.smtp.client import Resolver, SmtpClient
 from postfach.smtp.graceful import DATA_GRACE, SmtpListener
@@ -72,13 +73,15 @@ class WorkerRole:
     the listeners (``sockets``), prepared the data directory and holds the pid file. Worker 0 is
     the primary: it alone runs the outbound queue runner and the full-text indexer; the others
     ask it to look at the queue through ``wake_runner``. ``counts`` holds the connection and
-    session counts of all workers, ``throttle`` their failed logins."""
+    session counts of all workers, ``throttle`` their failed logins, ``recent`` which messages
+    an IMAP session has been told of as \\Recent."""
 
     index: int
     sockets: dict[str, socket.socket]
     counts: SharedCounts
     throttle: SharedThrottle
     wake_runner: Callable[[], None]
+    recent: SharedRecentClaims | None = None
 
     @property
     def primary(self) -> bool:
@@ -273,6 +276,8 @@ class App:
                     ),
                 )
             imap_backend = ImapBackend(store, self.hub, auth.authenticate)
+            if worker is not None and worker.recent is not None:
+                imap_backend.recent = worker.recent  # one table for every worker's sessions
             for name, addr, implicit in (("imap", ls.imap, False), ("imaps", ls.imaps, True)):
                 if addr is None:
                     continue

@@ -1,4 +1,4 @@
-"""``postfach serve`` with several worker processes (``[server] workers``): the supervisor.
+r"""``postfach serve`` with several worker processes (``[server] workers``): the supervisor.
 
 One process and one event loop use one CPU core. With ``workers = N > 1`` the process that
 ``serve`` starts becomes a supervisor that does no mail work itself:
@@ -9,7 +9,8 @@ One process and one event loop use one CPU core. With ``workers = N > 1`` the pr
    is none and closes the store again, so that no thread exists when it forks.
    It takes the pid file (`postfach.control`).
 2. It makes the shared counter table (`postfach.sharedcounts`) and the shared failed-login
-   throttle (`postfach.sharedthrottle`) and forks N workers. Each runs the
+   throttle (`postfach.sharedthrottle`) and the table of IMAP `\Recent` claims
+   (`postfach.sharedrecent`), and forks N workers. Each runs the
    normal `postfach.app.App` on the inherited listening sockets: all workers accept from one
    accept queue per listener, and the kernel hands each connection to one of them. Worker 0 is
    the primary: it alone runs the outbound queue runner and the full-text indexer.
@@ -52,6 +53,7 @@ from postfach.control import WAKE_SIGNAL, PidFile
 from postfach.datadir import StartupError, open_store
 from postfach.queue.store import QueueStore
 from postfach.sharedcounts import SharedCounts
+from postfach.sharedrecent import SharedRecentClaims
 from postfach.sharedthrottle import SharedThrottle
 from postfach.tls import ReloadableTls, ensure_self_signed
 
@@ -94,6 +96,7 @@ class Supervisor:
         self.backoff: dict[int, float] = {}
         self.counts: SharedCounts | None = None
         self.throttle: SharedThrottle | None = None
+        self.recent: SharedRecentClaims | None = None
         self.pidfile: PidFile | None = None
         self.stopping = False
         self.started = False  # every first worker reported that it listens
@@ -128,6 +131,8 @@ class Supervisor:
                 self.counts.close()
             if self.throttle is not None:
                 self.throttle.close()
+            if self.recent is not None:
+                self.recent.close()
             signal.set_wakeup_fd(-1)
         return 1 if self.failed else 0
 
@@ -169,6 +174,7 @@ class Supervisor:
             log.warning("event=pidfile_unavailable path=%s reason=%r", pidfile.path, str(exc))
         self.counts = SharedCounts(self.count)
         self.throttle = SharedThrottle(login_throttle(cfg))
+        self.recent = SharedRecentClaims()
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if others:  # a thread would not exist in the children (and may hold a lock)
             log.warning("event=threads_at_fork threads=%s", ",".join(others))
@@ -216,7 +222,7 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.kill(parent, RUNNER_SIGNAL)
 
-        role = WorkerRole(index, self.sockets, self.counts, self.throttle, wake_runner)
+        role = WorkerRole(index, self.sockets, self.counts, self.throttle, wake_runner, self.recent)
         try:
             asyncio.run(self._serve(role, ready))
         except StartupError as exc:

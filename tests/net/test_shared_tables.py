@@ -1,6 +1,6 @@
 """The tables worker processes share (``[server] workers``): connection and session counts
-(`postfach.sharedcounts`) and the failed-login throttle (`postfach.sharedthrottle`), exercised
-across real forked processes."""
+(`postfach.sharedcounts`), the failed-login throttle (`postfach.sharedthrottle`) and the IMAP
+\\Recent claims (`postfach.sharedrecent`), exercised across real forked processes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from postfach.auth.throttle import LoginThrottle
 from postfach.limits import ConnectionCounter, Refusal, SessionCounter
 from postfach.sharedcounts import SharedCounts
+from postfach.sharedrecent import SharedRecentClaims
 from postfach.sharedthrottle import SharedThrottle
 
 
@@ -122,3 +123,43 @@ def test_failed_logins_in_one_process_lock_the_address_out_in_another() -> None:
     long_name = "x" * 2000 + "@example.org"  # stored as a digest, the same for everyone
     assert shared.failed(long_name, "192.0.2.3", now) == []
     assert shared.delay(long_name, "192.0.2.4", now + 1) == 0.5
+
+
+def test_a_message_is_recent_in_one_session_of_all_the_workers() -> None:
+    """RFC 3501 §2.3.2 across processes: imaptest's stress mode saw a message with \\Recent in
+    two sessions when they ran in different workers, each with its own claims."""
+    claims = SharedRecentClaims()
+    box = (7, 1234)
+    assert claims.claim(box, 5)
+
+    def child() -> bool:
+        return (
+            claims.claimed(box) == 5
+            and not claims.claim(box, 5)  # the parent's session has it
+            and claims.claim(box, 6)
+            and claims.claimed((7, 1235)) == 0  # another UIDVALIDITY: another mailbox
+        )
+
+    in_child(child)
+    assert not claims.claim(box, 6) and claims.claimed(box) == 6
+    # SELECT: what was claimed before, and everything up to its last UID claimed, in one step.
+    assert claims.claim_upto(box, 9) == 6 and claims.claim_upto(box, 9) == 9
+    assert claims.claim_upto(box, 4) == 9 and claims.claimed(box) == 9
+    claims.forget(box)  # the mailbox was deleted
+    assert claims.claimed(box) == 0 and claims.claim(box, 1)
+    claims.close()
+
+
+def test_a_full_recent_table_starts_over() -> None:
+    """At three quarters full the claims are forgotten: messages are recent again for the next
+    session, as after a restart; the table never fills up."""
+    claims = SharedRecentClaims(slots=16)
+    for ident in range(1, 13):
+        assert claims.claim((ident, 1), 10)
+    assert all(claims.claimed((ident, 1)) == 10 for ident in range(1, 13))
+    assert claims.claim((13, 1), 10)  # the 13th mailbox: over three quarters, start over
+    assert claims.claimed((1, 1)) == 0 and claims.claimed((13, 1)) == 10
+    for ident in range(1, 200):
+        claims.claim((ident, 1), 3)
+    assert claims.claimed((199, 1)) == 3
+    claims.close()

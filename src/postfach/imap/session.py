@@ -1568,14 +1568,11 @@ class ImapSession:
             return [], None
         claims = self._backend.recent
         key = (mbox.id, mbox.uidvalidity)
-        claimed = claims.claimed(key)
         uids = listing.uids
+        # SELECT claims what was unclaimed in the same step (other workers claim too).
+        claimed = claims.claimed(key) if readonly or not uids else claims.claim_upto(key, uids[-1])
         recent = list(uids[bisect.bisect_right(uids, claimed) :])
-        if readonly:
-            return recent, _RecentClaim(claims, mbox.id, mbox.uidvalidity, claim=False)
-        if recent:
-            claims.claim(key, max(recent))
-        return recent, _RecentClaim(claims, mbox.id, mbox.uidvalidity, claim=True)
+        return recent, _RecentClaim(claims, mbox.id, mbox.uidvalidity, claim=not readonly)
 
     def _qresync_select(self, params: c.QresyncParams, view: View, mbox: Mailbox) -> None:
         """RFC 7162 §3.2.5.1: what changed since the client's MODSEQ, as VANISHED (EARLIER)

@@ -140,10 +140,16 @@ class RecentClaims:
 
     def claim(self, mailbox: tuple[int, int], uid: int) -> bool:
         """Claim ``uid`` and every UID below it; True when ``uid`` was not claimed before."""
-        if uid <= self._claimed.get(mailbox, 0):
-            return False
-        self._claimed[mailbox] = uid
-        return True
+        return self.claim_upto(mailbox, uid) < uid
+
+    def claim_upto(self, mailbox: tuple[int, int], uid: int) -> int:
+        """Claim every UID up to ``uid``; the highest UID claimed before, in one step, so that
+        what a SELECT finds unclaimed is what it claims (`postfach.sharedrecent`: another
+        process may claim in between two calls)."""
+        before = self._claimed.get(mailbox, 0)
+        if uid > before:
+            self._claimed[mailbox] = uid
+        return before
 
 
 class FlagState(Protocol):
