@@ -228,3 +228,19 @@ def test_binarymime_is_not_offered(server: RunningServer) -> None:
     data = b"EHLO x\r\nMAIL FROM:<a@remote.example> BODY=BINARYMIME\r\nQUIT\r\n"
     replies = session(server.port("smtp"), data, 3)
     assert replies[1].startswith(b"501 ")
+
+
+def test_a_client_that_waits_for_each_chunk_gets_its_reply(server: RunningServer) -> None:
+    """The reply to a chunk before the last is held back only while more pipelined input is
+    already there: a client that sends one chunk and waits gets it at once."""
+    server.add_user(ALICE)
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=20) as s:
+        s.ehlo("x")
+        assert s.docmd("MAIL", "FROM:<a@remote.example>")[0] == 250
+        assert s.docmd("RCPT", f"TO:<{ALICE}>")[0] == 250
+        for chunk, last in ((BODY[:20], False), (BODY[20:], True)):
+            s.putcmd("BDAT", f"{len(chunk)}{' LAST' if last else ''}")
+            s.send(chunk)
+            code, text = s.getreply()
+            assert code == 250, text
+    assert [body_of(m) for m in stored(server)] == [BODY]
