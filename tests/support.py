@@ -14,6 +14,7 @@ from typing import Any
 from postfach.app import App
 from postfach.auth.passwords import hash_password
 from postfach.config import load_config
+from postfach.store.api import INBOX
 from postfach.store.sqlite import SqliteMailstore
 
 EPHEMERAL = {
@@ -63,6 +64,14 @@ class RunningServer:
         with smtplib.SMTP("127.0.0.1", self.port("smtp"), timeout=30) as s:
             return s.sendmail(sender, rcpts, body)
 
+    def inbox(self, name: str) -> list[bytes]:
+        """The stored bytes of the messages in ``name``'s INBOX, oldest first."""
+        acc = self.store.get_account(name)
+        assert acc is not None
+        box = self.store.get_mailbox(acc.id, INBOX)
+        assert box is not None
+        return [self.store.read_blob(m.blob) for m in self.store.list_messages(box.id)]
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.app.request_stop)
         self.thread.join(timeout=30)
@@ -100,6 +109,27 @@ def start_server(
     loop = box["loop"]
     assert isinstance(loop, asyncio.AbstractEventLoop)
     return RunningServer(data, app, loop, thread, dict(app.addresses))
+
+
+def smtp_replies(port: int, data: bytes, replies: int, step: int = 0) -> list[bytes]:
+    """After the greeting, send ``data`` (at once, or ``step`` octets at a time) and return the
+    last lines of the next ``replies`` replies, without their CRLF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        if step:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(0, len(data), step):
+                sock.sendall(data[i : i + step])
+        else:
+            sock.sendall(data)
+        out: list[bytes] = []
+        while len(out) < replies:
+            line = f.readline()
+            assert line, out
+            if line[3:4] != b"-":
+                out.append(line.rstrip(b"\r\n"))
+        return out
 
 
 def message(subject: str = "hello", body: str = "Hi there.\r\n", size: int = 0) -> bytes:

@@ -3,38 +3,7 @@ the line and size limits behave as they did when aiosmtpd read line by line."""
 
 from __future__ import annotations
 
-import socket
-
-from postfach.store.api import INBOX
-from support import RunningServer
-
-
-def stored(server: RunningServer, name: str) -> list[bytes]:
-    acc = server.store.get_account(name)
-    assert acc is not None
-    box = server.store.get_mailbox(acc.id, INBOX)
-    assert box is not None
-    return [server.store.read_blob(m.blob) for m in server.store.list_messages(box.id)]
-
-
-def session(port: int, data: bytes, replies: int, step: int = 0) -> list[bytes]:
-    """Send ``data`` (all at once, or ``step`` octets at a time) and read ``replies`` lines."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        if step:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for i in range(0, len(data), step):
-                sock.sendall(data[i : i + step])
-        else:
-            sock.sendall(data)
-        out = []
-        while len(out) < replies:
-            line = f.readline()
-            assert line, out
-            if line[3:4] != b"-":
-                out.append(line)
-        return out
+from support import RunningServer, smtp_replies
 
 
 def transaction(body: bytes, rcpt: bytes = b"alice@example.org") -> bytes:
@@ -46,10 +15,10 @@ def test_two_pipelined_transactions_in_one_write(server: RunningServer) -> None:
     first = b"Subject: one\r\n\r\n..leading dot\r\nend.\r\n.\r\n"
     second = b"Subject: two\r\n\r\n" + (b"word " * 15 + b"\r\n") * 3000 + b"...\r\n.\r\n"
     data = b"EHLO x\r\n" + transaction(first) + transaction(second) + b"QUIT\r\n"
-    replies = session(server.port("smtp"), data, 10)
+    replies = smtp_replies(server.port("smtp"), data, 10)
     codes = [r[:3] for r in replies]
     assert codes == [b"250", *[b"250", b"250", b"354", b"250"] * 2, b"221"]
-    one, two = stored(server, "alice@example.org")
+    one, two = server.inbox("alice@example.org")
     assert one.endswith(b"\r\n\r\n.leading dot\r\nend.\r\n")
     assert two.endswith(b"word \r\n..\r\n") and len(two) > 231_000
 
@@ -58,9 +27,9 @@ def test_message_split_across_many_small_writes(server: RunningServer) -> None:
     server.add_user("alice@example.org")
     body = b"Subject: slow\r\n\r\n" + b"line of text.\r\n" * 40 + b".stuffed\r\n"
     data = b"EHLO x\r\n" + transaction(body + b".\r\n") + b"QUIT\r\n"
-    replies = session(server.port("smtp"), data, 6, step=7)
+    replies = smtp_replies(server.port("smtp"), data, 6, step=7)
     assert replies[4].startswith(b"250 2.0.0") and replies[5].startswith(b"221")
-    [msg] = stored(server, "alice@example.org")
+    [msg] = server.inbox("alice@example.org")
     assert msg.endswith(b"line of text.\r\nstuffed\r\n")
 
 
@@ -69,8 +38,8 @@ def test_too_long_line_is_refused_and_the_session_goes_on(server: RunningServer)
     bad = b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\n.\r\n"
     good = b"Subject: fine\r\n\r\nshort\r\n.\r\n"
     data = b"EHLO x\r\n" + transaction(bad) + transaction(good) + b"QUIT\r\n"
-    replies = session(server.port("smtp"), data, 10)
+    replies = smtp_replies(server.port("smtp"), data, 10)
     assert replies[4].startswith(b"500 5.5.2 Line too long")
     assert replies[8].startswith(b"250 2.0.0") and replies[9].startswith(b"221")
-    [msg] = stored(server, "alice@example.org")
+    [msg] = server.inbox("alice@example.org")
     assert msg.endswith(b"Subject: fine\r\n\r\nshort\r\n")

@@ -9,39 +9,15 @@ import smtplib
 import socket
 from pathlib import Path
 
-from postfach.store.api import INBOX
-from support import PASSWORD, RunningServer, start_server
+from support import PASSWORD, RunningServer, smtp_replies, start_server
 
 ALICE = "alice@example.org"
-
-
-def stored(server: RunningServer, name: str = ALICE) -> list[bytes]:
-    acc = server.store.get_account(name)
-    assert acc is not None
-    box = server.store.get_mailbox(acc.id, INBOX)
-    assert box is not None
-    return [server.store.read_blob(m.blob) for m in server.store.list_messages(box.id)]
 
 
 def body_of(message: bytes) -> bytes:
     """The message as the client sent it: what follows the trace headers postfach adds."""
     assert message.startswith(b"Return-Path: ")
     return message[message.index(b"\r\n\t") :].split(b"\r\n", 3)[3]
-
-
-def session(port: int, data: bytes, replies: int) -> list[bytes]:
-    """Send ``data`` at once after the greeting; the last lines of ``replies`` replies."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        sock.sendall(data)
-        out = []
-        while len(out) < replies:
-            line = f.readline()
-            assert line, out
-            if line[3:4] != b"-":
-                out.append(line.rstrip(b"\r\n"))
-        return out
 
 
 def bdat(chunk: bytes, last: bool = False) -> bytes:
@@ -70,11 +46,11 @@ def test_one_pipelined_write_with_bdat_last_stores_the_octets_unchanged(
 ) -> None:
     server.add_user(ALICE)
     data = b"EHLO x\r\n" + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
-    replies = session(server.port("smtp"), data, 5)
+    replies = smtp_replies(server.port("smtp"), data, 5)
     assert [r[:9] for r in replies] == [
         b"250 ENHAN", b"250 2.1.0", b"250 2.1.5", b"250 2.0.0", b"221 2.0.0"
     ]  # fmt: skip
-    [msg] = stored(server)
+    [msg] = server.inbox(ALICE)
     assert body_of(msg) == BODY
 
 
@@ -87,14 +63,14 @@ def test_chunks_are_joined_and_each_is_acknowledged(server: RunningServer) -> No
         b"EHLO x\r\n" + ENVELOPE + bdat(one) + bdat(two) + bdat(three) + bdat(b"", last=True)
         + b"QUIT\r\n"
     )  # fmt: skip
-    replies = session(server.port("smtp"), data, 8)
+    replies = smtp_replies(server.port("smtp"), data, 8)
     assert replies[3:6] == [
         b"250 2.0.0 Chunk of 5 octets received",
         b"250 2.0.0 Chunk of 11 octets received",
         b"250 2.0.0 Chunk of %d octets received" % len(three),
     ]
     assert replies[6] == b"250 2.0.0 OK"
-    [msg] = stored(server)
+    [msg] = server.inbox(ALICE)
     assert body_of(msg) == BODY
 
 
@@ -107,10 +83,10 @@ def test_bdat_without_a_recipient_is_refused_and_its_octets_are_not_commands(
         b"EHLO x\r\n" + bdat(sneaky, last=True)
         + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
     )  # fmt: skip
-    replies = session(server.port("smtp"), data, 6)
+    replies = smtp_replies(server.port("smtp"), data, 6)
     assert replies[1] == b"503 5.5.1 Error: need RCPT command"
     assert [r[:3] for r in replies[2:]] == [b"250", b"250", b"250", b"221"]
-    assert [body_of(m) for m in stored(server)] == [BODY]
+    assert [body_of(m) for m in server.inbox(ALICE)] == [BODY]
 
 
 def test_data_after_bdat_is_a_bad_sequence_and_rset_forgets_the_chunks(
@@ -121,19 +97,19 @@ def test_data_after_bdat_is_a_bad_sequence_and_rset_forgets_the_chunks(
         b"EHLO x\r\n" + ENVELOPE + bdat(b"Subject: lost\r\n") + b"DATA\r\n" + b"RSET\r\n"
         + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
     )  # fmt: skip
-    replies = session(server.port("smtp"), data, 10)
+    replies = smtp_replies(server.port("smtp"), data, 10)
     assert replies[4] == b"503 5.5.1 Error: DATA after BDAT"
     assert replies[5].startswith(b"250 ") and replies[8] == b"250 2.0.0 OK"
-    assert [body_of(m) for m in stored(server)] == [BODY]
+    assert [body_of(m) for m in server.inbox(ALICE)] == [BODY]
 
 
 def test_bad_bdat_arguments_get_a_syntax_error(server: RunningServer) -> None:
     server.add_user(ALICE)
     data = b"EHLO x\r\n" + ENVELOPE + b"BDAT\r\nBDAT x LAST\r\nBDAT 5 FIRST\r\nNOOP\r\nQUIT\r\n"
-    replies = session(server.port("smtp"), data, 8)
+    replies = smtp_replies(server.port("smtp"), data, 8)
     assert replies[3:6] == [b"501 5.5.4 Syntax: BDAT chunk-size [LAST]"] * 3
     assert replies[6].startswith(b"250 ") and replies[7].startswith(b"221 ")
-    assert stored(server) == []
+    assert server.inbox(ALICE) == []
 
 
 def test_too_much_data_is_refused_and_pipelined_chunks_after_it_are_thrown_away(
@@ -150,13 +126,13 @@ def test_too_much_data_is_refused_and_pipelined_chunks_after_it_are_thrown_away(
             b"EHLO x\r\n" + ENVELOPE + bdat(big * 100) + bdat(big * 100) + bdat(big, last=True)
             + ENVELOPE + bdat(BODY, last=True) + b"QUIT\r\n"
         )  # fmt: skip
-        replies = session(srv.port("smtp"), data, 10)
+        replies = smtp_replies(srv.port("smtp"), data, 10)
         assert replies[3].startswith(b"250 2.0.0 Chunk of 7200")
         assert replies[4] == b"552 5.3.4 Error: Too much mail data"
         # The sender may already have sent more chunks (RFC 3030 §2): read, refused, skipped.
         assert replies[5] == b"503 5.5.1 Error: need RCPT command"
         assert replies[8] == b"250 2.0.0 OK" and replies[9].startswith(b"221 ")
-        assert [body_of(m) for m in stored(srv)] == [BODY]
+        assert [body_of(m) for m in srv.inbox(ALICE)] == [BODY]
     finally:
         srv.stop()
 
@@ -164,9 +140,9 @@ def test_too_much_data_is_refused_and_pipelined_chunks_after_it_are_thrown_away(
 def test_a_full_mailbox_refuses_the_last_chunk_with_mailbox_full(server: RunningServer) -> None:
     server.add_user(ALICE, quota=200)
     data = b"EHLO x\r\n" + ENVELOPE + bdat(BODY + b"x" * 300 + b"\r\n", last=True) + b"QUIT\r\n"
-    replies = session(server.port("smtp"), data, 5)
+    replies = smtp_replies(server.port("smtp"), data, 5)
     assert replies[3].startswith(b"552 5.2.2 Mailbox full")
-    assert stored(server) == []
+    assert server.inbox(ALICE) == []
 
 
 def test_lmtp_bdat_last_answers_per_recipient(server: RunningServer) -> None:
@@ -177,11 +153,11 @@ def test_lmtp_bdat_last_answers_per_recipient(server: RunningServer) -> None:
         b"RCPT TO:<bob@example.org>\r\n" + bdat(BODY) + bdat(b"x" * 300 + b"\r\n", last=True)
         + b"QUIT\r\n"
     )  # fmt: skip
-    replies = session(server.port("lmtp"), data, 8)
+    replies = smtp_replies(server.port("lmtp"), data, 8)
     assert replies[4] == b"250 2.0.0 Chunk of %d octets received" % len(BODY)
     assert replies[5].startswith(b"552 5.2.2 Mailbox full: <alice@example.org>")
     assert replies[6] == b"250 2.0.0 <bob@example.org> delivered"
-    [msg] = stored(server, "bob@example.org")
+    [msg] = server.inbox("bob@example.org")
     assert body_of(msg) == BODY + b"x" * 300 + b"\r\n"
 
 
@@ -203,30 +179,24 @@ def test_submission_takes_bdat_after_login(server: RunningServer) -> None:
         s.send(message)
         code, text = s.getreply()
         assert code == 250, text
-    [msg] = stored(server, "bob@example.org")
+    [msg] = server.inbox("bob@example.org")
     assert b"\r\nSubject: s\r\n\r\nHi.\r\n" in msg
 
 
 def test_a_transaction_arriving_a_few_octets_at_a_time(server: RunningServer) -> None:
     server.add_user(ALICE)
     data = b"EHLO x\r\n" + ENVELOPE + bdat(BODY[:30]) + bdat(BODY[30:], last=True) + b"QUIT\r\n"
-    with socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=20) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220 ")
-        for i in range(0, len(data), 3):
-            sock.sendall(data[i : i + 3])
-        replies = [line for line in iter(f.readline, b"") if line[3:4] == b" "]
+    replies = smtp_replies(server.port("smtp"), data, 6, step=3)
     assert [r[:9] for r in replies] == [
         b"250 ENHAN", b"250 2.1.0", b"250 2.1.5", b"250 2.0.0", b"250 2.0.0", b"221 2.0.0"
     ]  # fmt: skip
-    assert [body_of(m) for m in stored(server)] == [BODY]
+    assert [body_of(m) for m in server.inbox(ALICE)] == [BODY]
 
 
 def test_binarymime_is_not_offered(server: RunningServer) -> None:
     server.add_user(ALICE)
     data = b"EHLO x\r\nMAIL FROM:<a@remote.example> BODY=BINARYMIME\r\nQUIT\r\n"
-    replies = session(server.port("smtp"), data, 3)
+    replies = smtp_replies(server.port("smtp"), data, 3)
     assert replies[1].startswith(b"501 ")
 
 
@@ -243,4 +213,4 @@ def test_a_client_that_waits_for_each_chunk_gets_its_reply(server: RunningServer
             s.send(chunk)
             code, text = s.getreply()
             assert code == 250, text
-    assert [body_of(m) for m in stored(server)] == [BODY]
+    assert [body_of(m) for m in server.inbox(ALICE)] == [BODY]
