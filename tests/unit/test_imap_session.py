@@ -133,6 +133,14 @@ class Env:
         blob = self.store.stage(data, _structure(data))
         self.store.deliver([acc.id], blob, 1700000000, mailbox)
 
+    async def two_selected(self) -> tuple[Client, Client]:
+        """Two sessions of alice's, logged in, with INBOX selected."""
+        a, b = self.client(), self.client()
+        for cl in (a, b):
+            await cl.login()
+            await cl.ok("SELECT INBOX")
+        return a, b
+
     def client(self, settings: ImapSettings = SETTINGS, **kw: Any) -> Client:
         async def authenticate(user: str, password: str, ip: str) -> str | None:
             acc = self.store.get_account(user)
@@ -739,10 +747,7 @@ def test_copy_move_replace(tmp_path: Path) -> None:
 def test_other_sessions_see_changes_where_allowed(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         env.account(messages=3)
-        a, b = env.client(), env.client()
-        for cl in (a, b):
-            await cl.login()
-            await cl.ok("SELECT INBOX")
+        a, b = await env.two_selected()
         await a.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
         assert await b.ok("NOOP") == [
             "* 2 FETCH (UID 2 FLAGS (\\Deleted))",
@@ -772,10 +777,7 @@ def test_other_sessions_see_changes_where_allowed(tmp_path: Path) -> None:
 def test_idle_gets_updates_immediately(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         env.account()
-        a, b = env.client(), env.client()
-        for cl in (a, b):
-            await cl.login()
-            await cl.ok("SELECT INBOX")
+        a, b = await env.two_selected()
         assert await b.cmd("IDLE") == ["+ idling"]
         env.deliver("alice@example.org", message(3))
         await asyncio.sleep(0.05)
@@ -1044,10 +1046,7 @@ def test_logout_sends_no_pending_updates(tmp_path: Path) -> None:
 
     async def body(env: Env) -> None:
         env.account()
-        a, b = env.client(), env.client()
-        for cl in (a, b):
-            await cl.login()
-            await cl.ok("SELECT INBOX")
+        a, b = await env.two_selected()
         await a.ok("STORE 1 +FLAGS (\\Deleted)")
         await a.ok("EXPUNGE")
         await a.ok("STORE 1 +FLAGS (\\Seen)")
@@ -1062,10 +1061,7 @@ def test_keywords_from_another_session_are_announced_first(tmp_path: Path) -> No
 
     async def body(env: Env) -> None:
         env.account()
-        a, b = env.client(), env.client()
-        for cl in (a, b):
-            await cl.login()
-            await cl.ok("SELECT INBOX")
+        a, b = await env.two_selected()
         await a.ok("STORE 2 +FLAGS ($hello $world)")
         lines = await b.ok("NOOP")
         assert lines[0].startswith("* FLAGS (") and lines[0].endswith(" $hello $world)")
@@ -1092,10 +1088,7 @@ def test_a_fetch_announces_keywords_another_session_set_since_the_last_command(
 
     async def body(env: Env) -> None:
         env.account()
-        a, b = env.client(), env.client()
-        for cl in (a, b):
-            await cl.login()
-            await cl.ok("SELECT INBOX")
+        a, b = await env.two_selected()
         for fetch, kw in (
             ("FETCH 1:* (FLAGS)", "$fresh"),  # answered from the flag array
             ("FETCH 1 (FLAGS INTERNALDATE)", "$newer"),  # from the metadata
