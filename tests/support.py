@@ -78,9 +78,13 @@ class RunningServer:
 
 
 def start_server(
-    data: Path, *, app_options: dict[str, Any] | None = None, **env: str
+    data: Path, *, app_options: dict[str, Any] | None = None, toml: str = "", **env: str
 ) -> RunningServer:
-    """``app_options`` go to `App` (e.g. ``resolver=`` and ``mx_port=`` for outbound tests)."""
+    """``app_options`` go to `App` (e.g. ``resolver=`` and ``mx_port=`` for outbound tests);
+    ``toml``, if given, is written to the data directory's ``postfach.toml`` first."""
+    if toml:
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "postfach.toml").write_text(toml)
     cfg = load_config(data, env={**EPHEMERAL, **env})
     app = App(cfg, **(app_options or {}))
     ready = threading.Event()

@@ -115,10 +115,7 @@ def test_bad_bdat_arguments_get_a_syntax_error(server: RunningServer) -> None:
 def test_too_much_data_is_refused_and_pipelined_chunks_after_it_are_thrown_away(
     tmp_path: Path,
 ) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "postfach.toml").write_text('[limits]\nmax_message_size = "10K"\n')
-    srv = start_server(data_dir)
+    srv = start_server(tmp_path / "data", toml='[limits]\nmax_message_size = "10K"\n')
     try:
         srv.add_user(ALICE)
         big = b"x" * 70 + b"\r\n"
