@@ -19,6 +19,13 @@ end of the message with one ``bytes.find`` per block, and undoes dot-stuffing wi
 Reads go through ``self._reader.read``, which `postfach.smtp.graceful` guards like
 ``readuntil`` (a stopping server gives the client its grace period), and the DATA deadline of
 `postfach.smtp.limits` counts octets as they arrive, independent of how they are read.
+
+``BDAT`` (RFC 3030 CHUNKING) needs none of this: each chunk is exactly the octets its command
+announced, with no dot-stuffing and no end line. The chunks are kept in the envelope until
+``BDAT ... LAST``, and the whole message then goes to the same DATA hook with the same limits
+(size ``552``, line length ``500``). A chunk that cannot be kept (no recipient yet, over the size
+limit, after a chunk that failed) is still read to its end and thrown away, so that its octets
+are never taken for commands.
 """
 
 from __future__ import annotations
