@@ -3,8 +3,9 @@
 What a user of such a server would notice if the process model were wrong: a listener that does
 not answer, connections all on one worker, a stop that is not graceful, workers (or ports) left
 behind by a killed server, a crashed worker that stays away, ``queue flush`` that wakes nobody,
-limits that admit twice as much as configured, or an IDLE client that does not hear of mail
-delivered through a connection that another worker served.
+limits that admit twice as much as configured, an IDLE client that does not hear of mail
+delivered through a connection that another worker served, or POP3 clients on both workers
+that see a maildrop they do not hold alone.
 """
 
 from __future__ import annotations
@@ -365,3 +366,100 @@ def test_idle_hears_a_delivery_made_by_another_worker(tmp_path: Path) -> None:
             m.sock.settimeout(15)
             m.send(b"DONE\r\n")
             m.logout()
+
+
+def test_phones_and_home_pcs_on_both_workers_while_mail_arrives(tmp_path: Path) -> None:
+    """The source document's POP3 story under load, across the workers: while mail keeps
+    arriving, clients that leave mail on the server, clients that delete what they fetched,
+    and clients whose connection drops after DELE take turns on one maildrop. Whatever worker
+    serves them: the maildrop lock turns a second session away with ``[IN-USE]``, LIST sizes
+    are what RETR sends, a UIDL always names the same message, a deletion takes effect only
+    after QUIT and is for good, and at the end the maildrop holds exactly what arrived less
+    what was deleted."""
+    import random
+    import re
+    import threading
+
+    data = _data(tmp_path)
+    problems: list[str] = []
+    deleted: set[str] = set()
+    subject_of: dict[str, str] = {}
+    sent = [0]
+    sessions = {"keep": 0, "delete": 0, "drop": 0, "in-use": 0}
+    lock = threading.Lock()
+    with running(data) as server:
+        stop = time.monotonic() + 8
+
+        def sender() -> None:
+            with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=20) as s:
+                while time.monotonic() < stop:
+                    n = sent[0] + 1
+                    body = b"Subject: m%d\r\n\r\n" % n + b"line of the message\r\n" * (n % 97)
+                    s.sendmail("bob@remote.example", [USER], body)
+                    sent[0] = n
+                    time.sleep(0.01)
+
+        def session(mode: str) -> None:
+            pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
+            pop.user(USER)
+            try:
+                pop.pass_(PASSWORD)
+            except poplib.error_proto as exc:
+                pop.close()
+                assert b"[IN-USE]" in exc.args[0], exc
+                with lock:
+                    sessions["in-use"] += 1
+                return
+            sizes = {int(n): int(s) for n, s in (x.split() for x in pop.list()[1])}
+            uidls = {int(n): u.decode() for n, u in (x.split() for x in pop.uidl()[1])}
+            with lock:
+                sessions[mode] += 1
+                if sizes.keys() != uidls.keys():
+                    problems.append("LIST and UIDL name different messages")
+                problems.extend(f"deleted {u} is back" for u in uidls.values() if u in deleted)
+            picked = random.sample(sorted(uidls), min(4, len(uidls)))
+            for n in picked:
+                _, lines, octets = pop.retr(n)
+                found = re.search(rb"^Subject: (m\d+)$", b"\n".join(lines), re.M)
+                with lock:
+                    if octets != sizes[n]:
+                        problems.append(f"RETR {n}: {octets} octets, LIST said {sizes[n]}")
+                    subject = found.group(1).decode() if found else "?"
+                    if subject_of.setdefault(uidls[n], subject) != subject:
+                        problems.append(f"UIDL {uidls[n]} changed its message")
+            if mode != "keep":
+                for n in picked[:2]:
+                    pop.dele(n)
+            if mode == "drop":  # the connection is lost: nothing may be deleted
+                pop.sock.close()
+                pop.file.close()
+                return
+            assert pop.quit().startswith(b"+OK")
+            if mode == "delete":
+                with lock:
+                    deleted.update(uidls[n] for n in picked[:2])
+
+        def client(mode: str) -> None:
+            try:
+                while time.monotonic() < stop:
+                    session(mode)
+            except Exception as exc:  # reported below, with the others
+                with lock:
+                    problems.append(f"{mode}: {exc!r}")
+
+        threads = [threading.Thread(target=sender)] + [
+            threading.Thread(target=client, args=(mode,)) for mode in ("keep", "delete", "drop") * 2
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
+        pop.user(USER)
+        pop.pass_(PASSWORD)
+        left = {u.split()[1].decode() for u in pop.uidl()[1]}
+        pop.quit()
+    assert problems == []
+    assert all(sessions[m] > 0 for m in ("keep", "delete", "drop", "in-use")), sessions
+    assert deleted and not (left & deleted)
+    assert len(left) == sent[0] - len(deleted), (len(left), sent[0], len(deleted))
