@@ -211,3 +211,49 @@ def test_a_client_that_waits_for_each_chunk_gets_its_reply(server: RunningServer
             code, text = s.getreply()
             assert code == 250, text
     assert [body_of(m) for m in server.inbox(ALICE)] == [BODY]
+
+
+def test_bdat_and_data_store_the_same_bytes_for_the_shared_corpus(server: RunningServer) -> None:
+    """Every message of test.mbox and torture.mbox (nested MIME, NUL octets, long lines, 8-bit
+    headers ...), sent once with DATA to alice and once with BDAT to bob: the same reply, and
+    the same stored octets after the trace headers. BDAT has no dot-stuffing and no end line,
+    but the checks after the message (size, line length, smuggling) and the line-end
+    normalisation are the same."""
+    import re
+
+    from postfach.mailfile import split_mbox
+
+    corpus = Path(__file__).resolve().parents[3] / "shared" / "data"
+    messages = [
+        re.sub(rb"\r\n|\n|\r(?!\n)", b"\r\n", m.data)  # as a mail program sends it
+        for name in ("test.mbox", "torture.mbox")
+        for m in split_mbox((corpus / name).read_bytes())
+    ]
+    assert len(messages) == 240
+    server.add_user(ALICE)
+    server.add_user("bob@example.org")
+    data_codes, bdat_codes = [], []
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=30) as s:
+        for m in messages:
+            try:
+                s.sendmail("a@remote.example", [ALICE], m)
+                data_codes.append(250)
+            except smtplib.SMTPDataError as exc:
+                data_codes.append(exc.smtp_code)
+    with socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=30) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(b"EHLO x\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        for m in messages:
+            envelope = b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@example.org>\r\n"
+            sock.sendall(envelope + bdat(m, last=True))
+            replies = [f.readline() for _ in range(3)]
+            assert [r[:3] for r in replies[:2]] == [b"250", b"250"], replies
+            bdat_codes.append(int(replies[2][:3]))
+    assert bdat_codes == data_codes
+    assert 500 in data_codes and data_codes.count(250) > 200  # the corpus has both kinds
+    assert [body_of(x) for x in server.inbox("bob@example.org")] == [
+        body_of(x) for x in server.inbox(ALICE)
+    ]
