@@ -46,10 +46,14 @@ from postfach.limits import (
 # IMAPS connection in ``benchmarks/imap_idle.py --tls``, 45 KB with 16 KiB. A TLS record holds
 # at most 16 KiB of data, so reading 16 KiB at a time costs bulk transfers some more ``recv``
 # calls and nothing else. (Process wide: every asyncio TLS connection of postfach, server and
-# client side, reads this way.)
+# client side, reads this way.) ``max_size`` is not public asyncio API (CPython 3.11-3.13 have
+# it): a Python without it keeps asyncio's own buffer size rather than failing at import.
 TLS_READ_BUFFER = 16 * 1024
-if asyncio.sslproto.SSLProtocol.max_size > TLS_READ_BUFFER:
-    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+_SSL_PROTOCOL = getattr(asyncio.sslproto, "SSLProtocol", None)
+if isinstance(getattr(_SSL_PROTOCOL, "max_size", None), int) and (
+    _SSL_PROTOCOL.max_size > TLS_READ_BUFFER  # type: ignore[union-attr]
+):
+    _SSL_PROTOCOL.max_size = TLS_READ_BUFFER  # type: ignore[union-attr]
 
 #: connections the kernel may queue before we accept them (asyncio's default is 100: a burst of
 #: connections would see SYNs dropped and retried a second later)
