@@ -257,3 +257,26 @@ def test_bdat_and_data_store_the_same_bytes_for_the_shared_corpus(server: Runnin
     assert [body_of(x) for x in server.inbox("bob@example.org")] == [
         body_of(x) for x in server.inbox(ALICE)
     ]
+
+
+def test_lmtp_refuses_a_message_once_per_recipient(server: RunningServer) -> None:
+    """RFC 2033 §4.2: after the message, one reply per accepted recipient, also when the
+    message itself is refused (a line too long, with DATA and with BDAT). Before, LMTP sent a
+    single reply there, and a client waited for the second one until its timeout."""
+    server.add_user(ALICE)
+    server.add_user("bob@example.org")
+    envelope = (
+        b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<alice@example.org>\r\n"
+        b"RCPT TO:<bob@example.org>\r\n"
+    )
+    long_line = b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\n"
+    data = (
+        b"LHLO x\r\n" + envelope + b"DATA\r\n" + long_line + b".\r\n"
+        + envelope + bdat(long_line, last=True) + b"QUIT\r\n"
+    )  # fmt: skip
+    replies = smtp_replies(server.port("lmtp"), data, 13)
+    line_too_long = b"500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
+    assert replies[4].startswith(b"354 ") and replies[5:7] == [line_too_long] * 2
+    assert replies[10:12] == [line_too_long] * 2
+    assert replies[12].startswith(b"221 ")
+    assert server.inbox(ALICE) == [] and server.inbox("bob@example.org") == []

@@ -34,6 +34,7 @@ import asyncio
 import logging
 import re
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 log = logging.getLogger("postfach.smtp.data")
@@ -213,11 +214,7 @@ class BlockDataSMTP(SMTP):
         if rest and not reader.at_eof():
             reader.feed_data(rest)
         if msg.state != _NOMINAL:
-            if msg.state == _TOO_LONG:
-                await self.push(_LINE_TOO_LONG)
-            else:
-                await self.push(_TOO_MUCH_DATA)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self._refuse(_LINE_TOO_LONG if msg.state == _TOO_LONG else _TOO_MUCH_DATA)
             return
         await self._finish(msg.content())
 
@@ -249,8 +246,7 @@ class BlockDataSMTP(SMTP):
             await self.push("503 5.5.1 Error: need RCPT command")
             return
         if not keep:
-            await self.push(_TOO_MUCH_DATA)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self._refuse(_TOO_MUCH_DATA, whole_message=last)
             return
         if chunks is None:
             chunks = ChunkedMessage()
@@ -263,10 +259,18 @@ class BlockDataSMTP(SMTP):
         if len(content) > self.line_length_limit and _has_long_line(
             content if content.endswith(b"\r\n") else content + b"\r\n", self.line_length_limit
         ):
-            await self.push(_LINE_TOO_LONG)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self._refuse(_LINE_TOO_LONG)
             return
         await self._finish(content)
+
+    async def _refuse(self, reply: str, *, whole_message: bool = True) -> None:
+        """The message (or a chunk of it) is refused and the transaction ends. LMTP answers the
+        end of a message once per accepted recipient (RFC 2033 §4.2), refusals included: a
+        single reply left an LMTP client waiting for the others."""
+        assert self.envelope is not None
+        count = len(self.envelope.rcpt_tos) if whole_message and isinstance(self, LMTP) else 1
+        await self.push("\r\n".join([reply] * max(count, 1)))
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
 
     async def _read_chunk(self, size: int, keep: bool) -> bytes | None:
         """The ``size`` octets after a BDAT command (thrown away unless ``keep``: b""), or None
