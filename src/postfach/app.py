@@ -81,7 +81,7 @@ class WorkerRole:
     counts: SharedCounts
     throttle: SharedThrottle
     wake_runner: Callable[[], None]
-    recent: SharedRecentClaims | None = None
+    recent: SharedRecentClaims
 
     @property
     def primary(self) -> bool:
@@ -276,7 +276,7 @@ class App:
                     ),
                 )
             imap_backend = ImapBackend(store, self.hub, auth.authenticate)
-            if worker is not None and worker.recent is not None:
+            if worker is not None:
                 imap_backend.recent = worker.recent  # one table for every worker's sessions
             for name, addr, implicit in (("imap", ls.imap, False), ("imaps", ls.imaps, True)):
                 if addr is None:

@@ -49,11 +49,9 @@ from postfach.limits import (
 # client side, reads this way.) ``max_size`` is not public asyncio API (CPython 3.11-3.13 have
 # it): a Python without it keeps asyncio's own buffer size rather than failing at import.
 TLS_READ_BUFFER = 16 * 1024
-_SSL_PROTOCOL = getattr(asyncio.sslproto, "SSLProtocol", None)
-if isinstance(getattr(_SSL_PROTOCOL, "max_size", None), int) and (
-    _SSL_PROTOCOL.max_size > TLS_READ_BUFFER  # type: ignore[union-attr]
-):
-    _SSL_PROTOCOL.max_size = TLS_READ_BUFFER  # type: ignore[union-attr]
+_asyncio_tls_buffer = getattr(asyncio.sslproto.SSLProtocol, "max_size", None)
+if isinstance(_asyncio_tls_buffer, int) and _asyncio_tls_buffer > TLS_READ_BUFFER:
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 #: connections the kernel may queue before we accept them (asyncio's default is 100: a burst of
 #: connections would see SYNs dropped and retried a second later)

@@ -34,8 +34,7 @@ def connect_wal(
                 conn.execute("PRAGMA journal_mode=WAL")
                 break
             except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF
-                if code not in _BUSY_CODES or time.monotonic() >= deadline:
+                if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES or time.monotonic() >= deadline:
                     raise
                 time.sleep(random.uniform(0.001, 0.02))
     except BaseException:

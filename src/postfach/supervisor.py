@@ -215,7 +215,7 @@ class Supervisor:
             signal.signal(sig, signal.SIG_IGN)
         if self.pidfile is not None:
             self.pidfile.close_inherited()
-        assert self.counts is not None and self.throttle is not None
+        assert self.counts is not None and self.throttle is not None and self.recent is not None
         self.counts.column = index
 
         def wake_runner() -> None:

@@ -198,12 +198,7 @@ class BlockDataSMTP(SMTP):
         msg = MessageReader(self.line_length_limit, self.data_size_limit)
         reader = self._reader
         while True:
-            try:
-                block: bytes = await reader.read(_BLOCK)
-            except asyncio.CancelledError:
-                log.info("event=connection_lost_in_data")
-                self._writer.close()
-                raise
+            block = await self._read_message_octets(_BLOCK)
             if not block:  # end of input: the session is being torn down
                 self._writer.close()
                 return
@@ -275,16 +270,10 @@ class BlockDataSMTP(SMTP):
     async def _read_chunk(self, size: int, keep: bool) -> bytes | None:
         """The ``size`` octets after a BDAT command (thrown away unless ``keep``: b""), or None
         if the connection ended first."""
-        reader = self._reader
         parts: list[bytes] = []
         left = size
         while left:
-            try:
-                block: bytes = await reader.read(min(left, _CHUNK_BLOCK))
-            except asyncio.CancelledError:
-                log.info("event=connection_lost_in_data")
-                self._writer.close()
-                raise
+            block = await self._read_message_octets(min(left, _CHUNK_BLOCK))
             if not block:
                 self._writer.close()
                 return None
@@ -292,6 +281,16 @@ class BlockDataSMTP(SMTP):
             if keep:
                 parts.append(block)
         return b"".join(parts)
+
+    async def _read_message_octets(self, limit: int) -> bytes:
+        """Up to ``limit`` octets of message data (DATA or a BDAT chunk); b"" at end of input."""
+        try:
+            block: bytes = await self._reader.read(limit)
+        except asyncio.CancelledError:
+            log.info("event=connection_lost_in_data")
+            self._writer.close()
+            raise
+        return block
 
     async def _finish(self, content: bytes) -> None:
         """The whole message is here: to the handler's DATA hook, and its reply to the client."""
