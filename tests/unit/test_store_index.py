@@ -233,21 +233,38 @@ def test_index_and_scan_agree_on_case_folding(
 def test_the_indexer_finds_its_work_in_a_list_not_by_checking_every_blob(
     store: SqliteMailstore,
 ) -> None:
-    """Each stored message is on the indexer's to-do list until it is indexed, skipped or
-    expunged; an indexed store's list is empty, so a look for work reads nothing. (Before, each
-    look checked every blob of the store: half a second of CPU at 105,000 messages.)"""
+    """Each stored message is on the indexer's to-do list (a queue in the order of storing)
+    until the indexer has indexed or skipped it, or found it expunged; an indexed store's list is
+    empty, so a look for work reads nothing. (Before, each look checked every blob of the store:
+    half a second of CPU at 105,000 messages.)"""
     put(store, "one", "alpha")
     put(store, "two", "beta")
     put(store, "three", "gamma")
-    assert count(store, "fts_pending") == 3
-    store.expunge(inbox(store), [2])  # freed before it was indexed: off the list
-    assert count(store, "fts_pending") == 2
-    assert store.index_pending(1) == 1
-    assert count(store, "fts_pending") == 1
+    assert count(store, "fts_queue") == 3
+    # Freed before it was indexed: its row stays (delivery and expunge never search the queue
+    # by content) until the indexer finds the message gone.
+    store.expunge(inbox(store), [2])
+    assert count(store, "fts_queue") == 3
+    assert store.index_pending(1) == 1  # the oldest first
+    assert count(store, "fts_queue") == 2
+    assert store.search_text_uids(inbox(store), "TEXT", "ALPHA") == {1}
     index_all(store)
-    assert count(store, "fts_pending") == 0
-    assert count(store, "fts_docs") == 2
+    assert count(store, "fts_queue") == 0
+    assert count(store, "fts_docs") == 2  # "two" was not indexed
     assert store.search_text_uids(inbox(store), "TEXT", "GAMMA") == {3}
+
+
+def test_content_freed_and_stored_again_while_queued_is_indexed_once(
+    store: SqliteMailstore,
+) -> None:
+    put(store, "same", "heron")
+    store.expunge(inbox(store), [1])
+    put(store, "same", "heron")  # the same octets: the same blob, listed a second time
+    assert count(store, "fts_queue") == 2
+    index_all(store)
+    assert count(store, "fts_queue") == 0
+    assert count(store, "fts_docs") == 1
+    assert store.search_text_uids(inbox(store), "TEXT", "HERON") == {2}
 
 
 def test_upgrading_an_older_store_lists_exactly_the_blobs_not_indexed_yet(
@@ -261,13 +278,13 @@ def test_upgrading_an_older_store_lists_exactly_the_blobs_not_indexed_yet(
     put(s, "not yet", "epsilon")
     put(s, "not yet either", "zeta")
     s.close()
-    # The store as schema 9 left it: no to-do list.
+    # The store as schema 9 left it: no to-do list (migration 10 makes one, 11 makes it a queue).
     conn = sqlite3.connect(s.db_path)
-    conn.executescript("DROP TABLE fts_pending; PRAGMA user_version = 9;")
+    conn.executescript("DROP TABLE fts_queue; PRAGMA user_version = 9;")
     conn.close()
     s = SqliteMailstore(tmp_path / "data", index_text=False)
     try:
-        assert count(s, "fts_pending") == 2
+        assert count(s, "fts_queue") == 2
         index_all(s)
         assert count(s, "fts_docs") == 3
         assert s.search_text_uids(inbox(s), "TEXT", "ZETA") == {3}
@@ -287,7 +304,7 @@ def test_a_message_whose_file_is_missing_does_not_stop_the_indexer(tmp_path: Pat
         s.blob_path(lost.blob).unlink()
         put(s, "fine", "kingfisher")
         index_all(s)
-        assert count(s, "fts_pending") == 0
+        assert count(s, "fts_queue") == 0
         assert count(s, "fts_skipped") == 1
         assert s.search_text_uids(inbox(s), "TEXT", "KINGFISHER") == {2}
     finally:

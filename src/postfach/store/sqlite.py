@@ -242,6 +242,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         WHERE NOT EXISTS (SELECT 1 FROM fts_docs d WHERE d.sha256 = b.sha256)
         AND NOT EXISTS (SELECT 1 FROM fts_skipped s WHERE s.sha256 = b.sha256);
     """,
+    # 11: the to-do list becomes a queue in the order of storing. Keyed by content hash, it cost
+    # every delivery a write to a page at a random place of its b-tree: 1.4 of the 14 WAL pages
+    # a 20 KB message wrote (benchmarks/store_writes.py). New rows go to the b-tree's last page,
+    # one page per group commit (0.5 per message in groups of two). A row is removed only by
+    # the indexer, by its number: a blob freed before it was indexed stays listed until the
+    # indexer finds it gone, and a blob freed and stored again may be listed twice (the indexer
+    # skips what is indexed already).
+    """
+    CREATE TABLE IF NOT EXISTS fts_queue (
+        seq INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL
+    );
+    INSERT INTO fts_queue(sha256) SELECT sha256 FROM fts_pending;
+    DROP TABLE fts_pending;
+    """,
 )
 
 
@@ -393,9 +408,9 @@ class SqliteMailstore:
         self._has_feed = bool(
             wconn.execute("SELECT 1 FROM sqlite_master WHERE name='change_log'").fetchone()
         )
-        #: the schema has the indexer's to-do list (migration 10; the same reason)
+        #: the schema has the indexer's to-do list (migration 11; the same reason)
         self._has_pending = bool(
-            wconn.execute("SELECT 1 FROM sqlite_master WHERE name='fts_pending'").fetchone()
+            wconn.execute("SELECT 1 FROM sqlite_master WHERE name='fts_queue'").fetchone()
         )
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
@@ -835,7 +850,7 @@ class SqliteMailstore:
             (blob.sha256, blob.size, n, blob.data, blob.structure),
         )
         if self._has_pending:
-            conn.execute("INSERT OR IGNORE INTO fts_pending(sha256) VALUES (?)", (blob.sha256,))
+            conn.execute("INSERT INTO fts_queue(sha256) VALUES (?)", (blob.sha256,))
 
     def _place_file(self, batch: _Batch, blob: StagedBlob) -> None:
         if blob.tmp_path is None:
@@ -873,8 +888,7 @@ class SqliteMailstore:
             conn.execute("DELETE FROM fts WHERE rowid=?", (doc[0],))
             conn.execute("DELETE FROM fts_docs WHERE sha256=?", (sha,))
         conn.execute("DELETE FROM fts_skipped WHERE sha256=?", (sha,))
-        if self._has_pending:
-            conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
+        # Its row on the indexer's queue stays until the indexer finds it gone (migration 11).
         if is_file:
             batch.unlink.add(self.blob_path(sha))
 
@@ -1996,8 +2010,8 @@ class SqliteMailstore:
                     self._index_stop.wait(2 * (time.monotonic() - started))
 
     def index_pending(self, limit: int) -> int:
-        """Index up to ``limit`` blobs of the to-do list (``fts_pending``); returns how many
-        were handled (indexed, skipped, or found freed meanwhile).
+        """Index up to ``limit`` blobs of the to-do list (``fts_queue``, oldest first); returns
+        how many of its rows were handled (indexed, skipped, found freed or already indexed).
 
         A blob whose file cannot be read, or whose text extraction or index insert fails, is
         recorded in ``fts_skipped`` and logged once: it is never retried, and searches decode it
@@ -2007,37 +2021,37 @@ class SqliteMailstore:
         rows = (
             self._reader()
             .execute(
-                "SELECT p.sha256, b.structure FROM fts_pending p"
-                " LEFT JOIN blobs b ON b.sha256 = p.sha256 LIMIT ?",
+                "SELECT p.seq, p.sha256, b.structure FROM fts_queue p"
+                " LEFT JOIN blobs b ON b.sha256 = p.sha256 ORDER BY p.seq LIMIT ?",
                 (limit,),
             )
             .fetchall()
         )
-        docs: list[tuple[str, str, str]] = []
-        failed: list[tuple[str, str]] = []
-        gone: list[str] = []
-        for sha, structure in rows:
+        docs: list[tuple[int, str, str, str]] = []
+        failed: list[tuple[int, str, str]] = []
+        gone: list[int] = []
+        for seq, sha, structure in rows:
             if self._stopping:
                 return 0  # closing: what was extracted is dropped, the next start redoes it
             try:
                 data = self.read_blob(sha)
             except NotFound:
-                gone.append(sha)  # freed meanwhile
+                gone.append(seq)  # freed
                 continue
             except OSError as exc:
                 # Its file is missing or unreadable (`postfach check` reports that): skipped
                 # like text that cannot be extracted, not retried at every look, and never in
                 # the way of the messages listed after it.
                 log.warning("event=index_skipped blob=%s error=%r", sha[:16], exc)
-                failed.append((sha, repr(exc)[:500]))
+                failed.append((seq, sha, repr(exc)[:500]))
                 continue
             try:
                 headers, body = self._text_of(data, structure)
             except Exception as exc:
                 log.warning("event=index_skipped blob=%s error=%r", sha[:16], exc)
-                failed.append((sha, repr(exc)[:500]))
+                failed.append((seq, sha, repr(exc)[:500]))
                 continue
-            docs.append((sha, headers.casefold(), body.casefold()))
+            docs.append((seq, sha, headers.casefold(), body.casefold()))
         if docs or failed or gone:
             self._write(self._op_index, docs, failed, gone)
         return len(docs) + len(failed) + len(gone)
@@ -2051,20 +2065,23 @@ class SqliteMailstore:
     def _op_index(
         conn: sqlite3.Connection,
         batch: _Batch,
-        docs: list[tuple[str, str, str]],
-        failed: list[tuple[str, str]],
-        gone: Sequence[str] = (),
+        docs: list[tuple[int, str, str, str]],
+        failed: list[tuple[int, str, str]],
+        gone: Sequence[int] = (),
     ) -> None:
-        """Index ``docs``, remember ``failed`` as skipped, and take them and ``gone`` (blobs
-        freed since) off the to-do list, unless a blob gone was stored again meanwhile."""
-        skipped = list(failed)
-        for sha in gone:
-            if not conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
-                conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
-        for sha, headers, body in docs:
+        """Index ``docs`` (queue row, blob, text), remember ``failed`` as skipped, and take
+        their rows and ``gone`` (rows of blobs freed since) off the queue. A blob freed in the
+        meantime is not indexed; one stored again since has a row of its own."""
+        skipped: list[tuple[str, str]] = []
+        for seq in gone:
+            conn.execute("DELETE FROM fts_queue WHERE seq=?", (seq,))
+        for seq, sha, error in failed:
+            conn.execute("DELETE FROM fts_queue WHERE seq=?", (seq,))
+            skipped.append((sha, error))
+        for seq, sha, headers, body in docs:
+            conn.execute("DELETE FROM fts_queue WHERE seq=?", (seq,))
             if not conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
                 continue
-            conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
             if conn.execute("SELECT 1 FROM fts_docs WHERE sha256=?", (sha,)).fetchone():
                 continue
             conn.execute("SAVEPOINT doc")
@@ -2085,7 +2102,6 @@ class SqliteMailstore:
                 conn.execute(
                     "INSERT OR REPLACE INTO fts_skipped(sha256, error) VALUES (?, ?)", (sha, error)
                 )
-                conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
 
     def search_text_uids(self, mailbox_id: int, key: str, needle: str) -> set[int] | None:
         """UIDs whose text contains ``needle`` (case-insensitive substring, RFC 9051 §6.4.4).
@@ -2239,8 +2255,6 @@ class SqliteMailstore:
                 if repair:
                     if real == 0:
                         conn.execute("DELETE FROM blobs WHERE sha256=?", (sha,))
-                        if self._has_pending:
-                            conn.execute("DELETE FROM fts_pending WHERE sha256=?", (sha,))
                         if is_file:
                             batch.unlink.add(self.blob_path(sha))
                     else:
