@@ -6,11 +6,13 @@ the state and the octets after the end line must not depend on how the socket cu
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postfach.smtp.data import MessageReader, _has_long_line
+from postfach.smtp.data import MessageReader, _has_long_line, roomy_reader
 
 NOMINAL, TOO_LONG, TOO_MUCH = 0, 1, 2
 
@@ -95,3 +97,35 @@ def test_long_line_search_agrees_with_splitting(lines: list[bytes], limit: int) 
     block = b"".join(line + b"\r\n" for line in lines)
     by_split = max(map(len, block.split(b"\r\n"))) + 2 > limit
     assert _has_long_line(block, limit) == by_split
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_message_data_does_not_stop_the_socket_but_commands_keep_their_bound() -> None:
+    # aiosmtpd's reader stops reading the socket once it holds twice its 1,001-octet line limit:
+    # every message over 2 KB paused and resumed the socket. While message data arrives it may
+    # hold more; afterwards the small bound is back for commands.
+    async def run() -> tuple[int, int]:
+        reader = asyncio.StreamReader(limit=1001)
+        transport = _Transport()
+        reader.set_transport(transport)
+        with roomy_reader(reader):
+            reader.feed_data(b"x" * 20_000)
+            during = transport.pauses
+            assert len(await reader.read(1 << 20)) == 20_000
+        reader.feed_data(b"y" * 3_000)
+        return during, transport.pauses
+
+    during, after = asyncio.run(run())
+    assert during == 0
+    assert after == 1

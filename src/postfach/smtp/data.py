@@ -31,8 +31,10 @@ are never taken for commands.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, syntax
@@ -51,6 +53,26 @@ _LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 _TOO_MUCH_DATA = "552 Error: Too much mail data"
 #: at most this much of a BDAT chunk is read at a time (a chunk thrown away is never held whole)
 _CHUNK_BLOCK = 1 << 20
+#: the reader's limit while message data arrives after DATA (it stops reading the socket at
+#: twice its limit). aiosmtpd gives the reader the 1,001-octet line limit, so every message over
+#: 2 KB paused and resumed the socket: two ``epoll_ctl`` calls and the selector bookkeeping
+#: around them per message. Commands keep the small limit.
+_DATA_READER_LIMIT = 64 * 1024
+
+
+@contextlib.contextmanager
+def roomy_reader(reader: asyncio.StreamReader) -> Iterator[None]:
+    """``reader`` with `_DATA_READER_LIMIT` as its limit for the block (asyncio keeps the limit in
+    an undocumented attribute: where it has none, the reader is left as it is)."""
+    saved = getattr(reader, "_limit", None)
+    if not isinstance(saved, int) or saved >= _DATA_READER_LIMIT:
+        yield
+        return
+    reader._limit = _DATA_READER_LIMIT  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        reader._limit = saved  # type: ignore[attr-defined]
 
 
 class MessageReader:
@@ -194,17 +216,18 @@ class BlockDataSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
         msg = MessageReader(self.line_length_limit, self.data_size_limit)
         reader = self._reader
-        while True:
-            block = await self._read_message_octets(_BLOCK)
-            if not block:  # end of input: the session is being torn down
-                self._writer.close()
-                return
-            rest = msg.feed(block)
-            if rest is not None:
-                break
+        with roomy_reader(reader):  # from before the 354: the client sends the data on it
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            while True:
+                block = await self._read_message_octets(_BLOCK)
+                if not block:  # end of input: the session is being torn down
+                    self._writer.close()
+                    return
+                rest = msg.feed(block)
+                if rest is not None:
+                    break
         # The reader was emptied by read(): what followed the end line goes back in order.
         if rest and not reader.at_eof():
             reader.feed_data(rest)
