@@ -53,10 +53,10 @@ _LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 _TOO_MUCH_DATA = "552 Error: Too much mail data"
 #: at most this much of a BDAT chunk is read at a time (a chunk thrown away is never held whole)
 _CHUNK_BLOCK = 1 << 20
-#: the reader's limit while message data arrives after DATA (it stops reading the socket at
-#: twice its limit). aiosmtpd gives the reader the 1,001-octet line limit, so every message over
-#: 2 KB paused and resumed the socket: two ``epoll_ctl`` calls and the selector bookkeeping
-#: around them per message. Commands keep the small limit.
+#: the reader's limit while message data arrives (after DATA, or a BDAT chunk; it stops reading
+#: the socket at twice its limit). aiosmtpd gives the reader the 1,001-octet line limit, so
+#: every message over 2 KB paused and resumed the socket: two ``epoll_ctl`` calls and the
+#: selector bookkeeping around them per message. Commands keep the small limit.
 _DATA_READER_LIMIT = 64 * 1024
 
 
@@ -295,14 +295,15 @@ class BlockDataSMTP(SMTP):
         if the connection ended first."""
         parts: list[bytes] = []
         left = size
-        while left:
-            block = await self._read_message_octets(min(left, _CHUNK_BLOCK))
-            if not block:
-                self._writer.close()
-                return None
-            left -= len(block)
-            if keep:
-                parts.append(block)
+        with roomy_reader(self._reader):
+            while left:
+                block = await self._read_message_octets(min(left, _CHUNK_BLOCK))
+                if not block:
+                    self._writer.close()
+                    return None
+                left -= len(block)
+                if keep:
+                    parts.append(block)
         return b"".join(parts)
 
     async def _read_message_octets(self, limit: int) -> bytes:
