@@ -245,8 +245,9 @@ def test_the_indexer_finds_its_work_in_a_list_not_by_checking_every_blob(
     # by content) until the indexer finds the message gone.
     store.expunge(inbox(store), [2])
     assert count(store, "fts_queue") == 3
-    assert store.index_pending(1) == 1  # the oldest first
-    assert count(store, "fts_queue") == 2
+    # The oldest first: "one" indexed, the row of "two" dropped, "three" waits.
+    assert store.index_pending(1) == 2
+    assert count(store, "fts_queue") == 1
     assert store.search_text_uids(inbox(store), "TEXT", "ALPHA") == {1}
     index_all(store)
     assert count(store, "fts_queue") == 0
@@ -370,3 +371,23 @@ def test_the_indexer_never_stops_altogether_while_mail_keeps_arriving(
         assert s.INDEX_BATCH_BUSY < 7  # so that it took several of the small batches
     finally:
         s.close()
+
+
+def test_rows_of_expunged_messages_leave_the_queue_in_bulk(store: SqliteMailstore) -> None:
+    # While mail keeps arriving the indexer takes only a few messages per look; where mail is
+    # fetched and deleted as fast (POP3), the rows of deleted messages must not pile up.
+    for i in range(40):
+        put(store, f"message {i}", f"word{i}")
+    store.expunge(inbox(store), list(range(1, 40)))
+    assert count(store, "fts_queue") == 40
+    assert store.index_pending(1) == 40  # 39 rows dropped, the last message indexed
+    assert count(store, "fts_queue") == 0
+    assert store.search_text_uids(inbox(store), "TEXT", "WORD39") == {40}
+    # Messages not indexed yet do not hold up the rows of deleted ones behind them.
+    for i in range(10):
+        put(store, f"kept {i}", f"keep{i}")
+    for i in range(30):
+        put(store, f"deleted {i}", f"gone{i}")
+    store.expunge(inbox(store), list(range(51, 81)))
+    assert store.index_pending(1) == 31  # one message indexed, all 30 rows of deleted ones
+    assert count(store, "fts_queue") == 9

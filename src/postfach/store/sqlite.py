@@ -1964,6 +1964,10 @@ class SqliteMailstore:
     #: writer lock for its FTS inserts (about 6 ms of CPU per 20 KB message), and every delivery
     #: of every worker waits behind it
     INDEX_BATCH_BUSY: Final = 3
+    #: rows of expunged messages the indexer may take off its queue in one look, besides the
+    #: messages it indexes: they cost no work, and where mail is fetched and deleted while more
+    #: keeps arriving (POP3), they would otherwise pile up behind the busy trickle
+    INDEX_GONE_WINDOW: Final = 500
     #: mail counts as arriving while the last message (of any process) is younger than this
     INDEX_QUIET: Final = 0.2
     #: while mail keeps arriving the indexer waits for a quiet moment, but indexes one
@@ -2010,8 +2014,9 @@ class SqliteMailstore:
                     self._index_stop.wait(2 * (time.monotonic() - started))
 
     def index_pending(self, limit: int) -> int:
-        """Index up to ``limit`` blobs of the to-do list (``fts_queue``, oldest first); returns
-        how many of its rows were handled (indexed, skipped, found freed or already indexed).
+        """Index up to ``limit`` blobs of the to-do list (``fts_queue``, oldest first), and take
+        the rows of freed blobs among and before them off it (up to `INDEX_GONE_WINDOW` more);
+        returns how many rows were handled (indexed, skipped, freed, or indexed already).
 
         A blob whose file cannot be read, or whose text extraction or index insert fails, is
         recorded in ``fts_skipped`` and logged once: it is never retried, and searches decode it
@@ -2021,18 +2026,25 @@ class SqliteMailstore:
         rows = (
             self._reader()
             .execute(
-                "SELECT p.seq, p.sha256, b.structure FROM fts_queue p"
+                "SELECT p.seq, p.sha256, b.sha256 IS NULL, b.structure FROM fts_queue p"
                 " LEFT JOIN blobs b ON b.sha256 = p.sha256 ORDER BY p.seq LIMIT ?",
-                (limit,),
+                (limit + self.INDEX_GONE_WINDOW,),
             )
             .fetchall()
         )
         docs: list[tuple[int, str, str, str]] = []
         failed: list[tuple[int, str, str]] = []
         gone: list[int] = []
-        for seq, sha, structure in rows:
+        live = 0
+        for seq, sha, freed, structure in rows:
             if self._stopping:
                 return 0  # closing: what was extracted is dropped, the next start redoes it
+            if freed:
+                gone.append(seq)
+                continue
+            if live == limit:
+                continue  # waits for the next look; freed ones after it still go now
+            live += 1
             try:
                 data = self.read_blob(sha)
             except NotFound:
