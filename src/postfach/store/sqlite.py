@@ -2015,7 +2015,7 @@ class SqliteMailstore:
 
     def index_pending(self, limit: int) -> int:
         """Index up to ``limit`` blobs of the to-do list (``fts_queue``, oldest first), and take
-        the rows of freed blobs among and before them off it (up to `INDEX_GONE_WINDOW` more);
+        off it the rows of freed blobs among its first ``limit`` + `INDEX_GONE_WINDOW` rows;
         returns how many rows were handled (indexed, skipped, freed, or indexed already).
 
         A blob whose file cannot be read, or whose text extraction or index insert fails, is
