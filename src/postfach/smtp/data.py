@@ -223,7 +223,6 @@ class BlockDataSMTP(SMTP):
             while True:
                 block = await self._read_message_octets(_BLOCK)
                 if not block:  # end of input: the session is being torn down
-                    self._writer.close()
                     return
                 rest = msg.feed(block)
                 if rest is not None:
@@ -299,7 +298,6 @@ class BlockDataSMTP(SMTP):
             while left:
                 block = await self._read_message_octets(min(left, _CHUNK_BLOCK))
                 if not block:
-                    self._writer.close()
                     return None
                 left -= len(block)
                 if keep:
@@ -307,13 +305,16 @@ class BlockDataSMTP(SMTP):
         return b"".join(parts)
 
     async def _read_message_octets(self, limit: int) -> bytes:
-        """Up to ``limit`` octets of message data (DATA or a BDAT chunk); b"" at end of input."""
+        """Up to ``limit`` octets of message data (DATA or a BDAT chunk); b"" at end of input,
+        when the connection is closed on our side too (the session is being torn down)."""
         try:
             block: bytes = await self._reader.read(limit)
         except asyncio.CancelledError:
             log.info("event=connection_lost_in_data")
             self._writer.close()
             raise
+        if not block:
+            self._writer.close()
         return block
 
     async def _finish(self, content: bytes) -> None:

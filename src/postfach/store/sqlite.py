@@ -2084,14 +2084,10 @@ class SqliteMailstore:
         """Index ``docs`` (queue row, blob, text), remember ``failed`` as skipped, and take
         their rows and ``gone`` (rows of blobs freed since) off the queue. A blob freed in the
         meantime is not indexed; one stored again since has a row of its own."""
-        skipped: list[tuple[str, str]] = []
-        for seq in gone:
-            conn.execute("DELETE FROM fts_queue WHERE seq=?", (seq,))
-        for seq, sha, error in failed:
-            conn.execute("DELETE FROM fts_queue WHERE seq=?", (seq,))
-            skipped.append((sha, error))
-        for seq, sha, headers, body in docs:
-            conn.execute("DELETE FROM fts_queue WHERE seq=?", (seq,))
+        handled = [*gone, *(f[0] for f in failed), *(d[0] for d in docs)]
+        conn.executemany("DELETE FROM fts_queue WHERE seq=?", [(seq,) for seq in handled])
+        skipped = [(sha, error) for _seq, sha, error in failed]
+        for _seq, sha, headers, body in docs:
             if not conn.execute("SELECT 1 FROM blobs WHERE sha256=?", (sha,)).fetchone():
                 continue
             if conn.execute("SELECT 1 FROM fts_docs WHERE sha256=?", (sha,)).fetchone():
