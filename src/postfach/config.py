@@ -134,6 +134,9 @@ class Config:
     submission: SubmissionConfig = SubmissionConfig()
     user: str | None = None  # [server] user: whom a server started as root becomes
     workers: int = 1  # [server] workers: server processes (postfach.supervisor); 1 = no supervisor
+    # [server] cpu_affinity: "auto" binds each worker to a CPU of its own when there is one worker
+    # per usable CPU (postfach.supervisor.worker_cpu); "off" leaves them to the scheduler
+    cpu_affinity: bool = True
     auth: AuthConfig = AuthConfig()
     limits: Limits = field(default_factory=Limits)
 
@@ -282,9 +285,13 @@ def load_config(
     if "submission" in raw:
         updates["submission"] = _submission(raw["submission"])
     if "server" in raw:
-        server = _table(raw["server"], "server", {"user", "workers"})
+        server = _table(raw["server"], "server", {"user", "workers", "cpu_affinity"})
         if "user" in server:
             updates["user"] = str(server["user"]).strip() or None
+        if "cpu_affinity" in server:
+            updates["cpu_affinity"] = _affinity(server["cpu_affinity"])
+    if env.get("POSTFACH_CPU_AFFINITY"):
+        updates["cpu_affinity"] = _affinity(env["POSTFACH_CPU_AFFINITY"])
     workers: Any = raw.get("server", {}).get("workers", DEFAULT_WORKERS)
     if env.get("POSTFACH_WORKERS"):
         workers = env["POSTFACH_WORKERS"].strip()
@@ -308,6 +315,16 @@ def _workers(value: Any) -> int:
             f" got {value!r}"
         )
     return value
+
+
+def _affinity(value: Any) -> bool:
+    """``auto`` (True) or ``off`` (False)."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text == "auto":
+        return True
+    if text in {"off", False}:
+        return False
+    raise ConfigError(f"[server] cpu_affinity: expected 'auto' or 'off', got {value!r}")
 
 
 def _table(value: Any, name: str, keys: set[str]) -> dict[str, Any]:

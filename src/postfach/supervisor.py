@@ -16,6 +16,12 @@ One process and one event loop use one CPU core. With ``workers = N > 1`` the pr
    the primary: it alone runs the outbound queue runner and the full-text indexer.
 3. Once every worker has started it prints the banner (the listening addresses), once.
 
+With one worker per usable CPU (the default ``workers = "auto"`` on up to 8 cores) each worker
+is bound to a CPU of its own (`worker_cpu`, ``[server] cpu_affinity = "auto"``, the default):
+a worker's event loop and its store writer hand every message to each other, and on one CPU
+those wake-ups and the GIL hand-overs are cheaper than across two (docs/benchmarks.md,
+session 8). ``cpu_affinity = "off"`` leaves the workers to the scheduler.
+
 Then it passes signals on: SIGTERM/SIGINT (graceful stop: it closes its own copies of the
 listening sockets and sends every worker SIGTERM; each stops as a single server does; it exits 0
 when all are gone), SIGHUP (TLS reload) and SIGUSR1 (queue wake-up, account check: ``postfach
@@ -43,7 +49,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from postfach import privileges
@@ -77,6 +83,17 @@ _SIGNALS = (
 Banner = Callable[[dict[str, Address], bool], None]
 
 
+def worker_cpu(index: int, workers: int, usable: Collection[int]) -> int | None:
+    """The CPU worker ``index`` is bound to under ``cpu_affinity = "auto"``: with one worker per
+    usable CPU, worker i gets the i-th of them in number order; otherwise (fewer or more workers
+    than CPUs, a single worker) none: binding some CPUs to workers and leaving others to chance
+    would only stop the scheduler from moving a worker to an idle CPU."""
+    cpus = sorted(usable)
+    if workers < 2 or len(cpus) != workers or not 0 <= index < workers:
+        return None
+    return cpus[index]
+
+
 @dataclass
 class _Worker:
     pid: int
@@ -105,6 +122,8 @@ class Supervisor:
         self._wake_r, self._wake_w = -1, -1
         self._no_accounts = False
         self._stop_requested = False
+        #: the CPUs the supervisor may run on (its workers' to share out, `worker_cpu`)
+        self.usable_cpus: set[int] = os.sched_getaffinity(0)
 
     # ---- start ---------------------------------------------------------------------------------
 
@@ -203,6 +222,7 @@ class Supervisor:
 
     def _child(self, index: int, parent: int, ready: int) -> int:  # pragma: no cover - child
         _die_with(parent)
+        self._bind_cpu(index)  # before any thread exists: the threads started later inherit it
         signal.set_wakeup_fd(-1)
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
@@ -230,14 +250,25 @@ class Supervisor:
             return 1
         return 0
 
+    def _bind_cpu(self, index: int) -> None:  # pragma: no cover - child
+        cpu = worker_cpu(index, self.count, self.usable_cpus) if self.cfg.cpu_affinity else None
+        if cpu is None:
+            return
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:  # a CPU taken offline meanwhile, a cpuset that forbids it ...
+            log.warning("event=cpu_affinity_failed worker=%d cpu=%d error=%r", index, cpu, exc)
+
     async def _serve(self, role: WorkerRole, ready: int) -> None:  # pragma: no cover - child
         app = App(self.cfg, config_loader=self.reload, worker=role)
         await app.start()
+        cpus = sorted(os.sched_getaffinity(0))
         log.info(
-            "event=worker_start worker=%d pid=%d primary=%s",
+            "event=worker_start worker=%d pid=%d primary=%s cpus=%s",
             role.index,
             os.getpid(),
             "yes" if role.primary else "no",
+            ",".join(map(str, cpus)) if len(cpus) < len(self.usable_cpus) else "any",
         )
         os.write(ready, b"1")
         os.close(ready)

@@ -14,6 +14,8 @@ import contextlib
 import imaplib
 import os
 import poplib
+import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -44,8 +46,10 @@ def _data(tmp_path: Path, toml: str = "") -> Path:
 
 
 @contextlib.contextmanager
-def running(data: Path, workers: int = 2) -> Iterator[ServerProcess]:
-    server = spawn(data, workers=workers)
+def running(
+    data: Path, workers: int = 2, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    server = spawn(data, workers=workers, prefix=prefix, env=env)
     try:
         yield server
         log = server.log_text()
@@ -157,6 +161,42 @@ def test_every_listener_answers_and_connections_go_to_both_workers(tmp_path: Pat
         log = server.log_text()
         assert log.count("event=worker_start") == 2
         assert "primary=yes" in log and "primary=no" in log
+
+
+def _cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
+    return {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 or shutil.which("taskset") is None,
+    reason="needs two CPUs and taskset (util-linux)",
+)
+@pytest.mark.parametrize("setting", ["auto", "off"])
+def test_with_one_worker_per_cpu_each_worker_runs_on_a_cpu_of_its_own(
+    tmp_path: Path, setting: str
+) -> None:
+    """The server is given two CPUs (as a cpuset or ``taskset`` would) and runs two workers:
+    with ``cpu_affinity`` at its default each worker, every thread of it included (the store's
+    writer above all), stays on one CPU, a different one for each; ``off`` leaves both CPUs to
+    each. Mail goes through either way."""
+    two = sorted(os.sched_getaffinity(0))[:2]
+    prefix = ("taskset", "-c", ",".join(map(str, two)))
+    env = {"POSTFACH_CPU_AFFINITY": setting}
+    with running(_data(tmp_path), prefix=prefix, env=env) as server:
+        workers = children(server.pid)
+        assert len(workers) == 2, workers
+        deliver(server, "bound")
+        assert pop3_subjects(server) == [b"Subject: bound"]
+        each = [_cpus_of_every_thread(pid) for pid in workers]
+        logged = re.findall(
+            r"event=worker_start worker=\d+ pid=\d+ \S+ cpus=(\S+)", server.log_text()
+        )
+        if setting == "auto":
+            assert sorted(each, key=sorted) == [{frozenset([two[0]])}, {frozenset([two[1]])}]
+            assert sorted(logged) == sorted(map(str, two))
+        else:
+            assert each == [{frozenset(two)}, {frozenset(two)}]
+            assert logged == ["any", "any"]
 
 
 def test_a_burst_of_connections_is_shared_by_the_workers(tmp_path: Path) -> None:

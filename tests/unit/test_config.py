@@ -141,6 +141,18 @@ def test_server_workers_from_file_and_environment(tmp_path: Path) -> None:
         load_config(tmp_path, env={})
 
 
+def test_cpu_affinity_is_auto_unless_switched_off(tmp_path: Path) -> None:
+    assert load_config(tmp_path, env={}).cpu_affinity is True
+    (tmp_path / "postfach.toml").write_text('[server]\ncpu_affinity = "off"\n')
+    assert load_config(tmp_path, env={}).cpu_affinity is False
+    assert load_config(tmp_path, env={"POSTFACH_CPU_AFFINITY": "Auto"}).cpu_affinity is True
+    (tmp_path / "postfach.toml").write_text("[server]\ncpu_affinity = false\n")
+    assert load_config(tmp_path, env={}).cpu_affinity is False
+    for bad in ("0-3", "yes please"):
+        with pytest.raises(ConfigError, match=r"\[server\] cpu_affinity: expected 'auto' or 'off'"):
+            load_config(tmp_path, env={"POSTFACH_CPU_AFFINITY": bad})
+
+
 def test_parse_address_forms() -> None:
     assert parse_address("2525", "x") == ("127.0.0.1", 2525)
     assert parse_address("[::1]:2525", "x") == ("::1", 2525)

@@ -10,6 +10,7 @@ from postfach.auth.throttle import LoginThrottle
 from postfach.delivery import _SMUGGLE, has_smuggling, only_crlf, validate_address
 from postfach.errors import SmtpError
 from postfach.quota import format_size, parse_size
+from postfach.supervisor import worker_cpu
 
 
 @pytest.mark.parametrize(
@@ -86,3 +87,13 @@ def test_only_crlf_is_the_counting_definition(data: bytes) -> None:
     crlf = data.count(b"\r\n")
     assert only_crlf(data) == (data.count(b"\r") == crlf == data.count(b"\n"))
     assert has_smuggling(data, only_crlf(data)) == (_SMUGGLE.search(data) is not None)
+
+
+def test_each_worker_gets_a_cpu_of_its_own_only_with_one_worker_per_cpu() -> None:
+    # the CPUs a cpuset or taskset leaves the server, in any order: worker i takes the i-th
+    assert [worker_cpu(i, 2, {5, 3}) for i in range(2)] == [3, 5]
+    assert [worker_cpu(i, 4, range(4)) for i in range(4)] == [0, 1, 2, 3]
+    # more CPUs than workers, more workers than CPUs, a single worker: the scheduler decides
+    assert worker_cpu(0, 2, range(8)) is None
+    assert worker_cpu(1, 4, {0, 1}) is None
+    assert worker_cpu(0, 1, {0}) is None
