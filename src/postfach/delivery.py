@@ -128,7 +128,7 @@ class DeliveryTxn:
             local, domain = validate_address(address)
             # The common case first, in one query: the address is an account's own (accounts
             # win over aliases, and an account's domain is always a local one).
-            acc = s.store.get_account(address)
+            acc = s.store.recipient_account(address, self.declared_size)
             if acc is not None and acc.name.rpartition("@")[2] == domain:
                 self._add(address, [acc])
                 return

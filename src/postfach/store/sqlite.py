@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -294,6 +295,27 @@ class FlagResult:
     failed: list[int]  # UIDs refused by UNCHANGEDSINCE (RFC 7162 MODIFIED)
 
 
+def roomy(account: Account) -> bool:
+    """Whether the account has an eighth of each of its quotas left (at least one byte and one
+    message): a recipient lookup may then be answered from the cache (`recipient_account`). An
+    account without quotas is always roomy."""
+    qb, qm = account.quota_bytes, account.quota_messages
+    return (not qb or account.used_bytes + max(1, qb // 8) <= qb) and (
+        not qm or account.used_messages + max(1, qm // 8) <= qm
+    )
+
+
+def _note_usage(batch: _Batch, before: Account, size: int, count: int) -> None:
+    """After ``count`` messages of ``size`` bytes were added to ``before``'s usage: an account
+    that is no longer `roomy` must not be answered from any process's recipient cache."""
+    if (before.quota_bytes or before.quota_messages) and not roomy(
+        dataclasses.replace(
+            before, used_bytes=before.used_bytes + size, used_messages=before.used_messages + count
+        )
+    ):
+        batch.accounts_changed = True
+
+
 def _clean_keywords(keywords: Sequence[str]) -> tuple[str, ...]:
     """Keywords compare case-insensitively (RFC 9051 §2.3.2); keep the first spelling."""
     seen: set[str] = set()
@@ -313,6 +335,8 @@ class _Batch:
     unlink: set[Path] = field(default_factory=set)
     fsync_dirs: set[Path] = field(default_factory=set)
     placed: list[Path] = field(default_factory=list)  # blob files moved into place (undo list)
+    #: a change that a cached recipient lookup must not outlive (`recipient_account`)
+    accounts_changed: bool = False
 
 
 #: a committed group: its batch, each op's outcome, and its change feed row (`_record_changes`)
@@ -412,6 +436,12 @@ class SqliteMailstore:
         self._has_pending = bool(
             wconn.execute("SELECT 1 FROM sqlite_master WHERE name='fts_queue'").fetchone()
         )
+        #: one octet is appended whenever accounts change (`_bump_accounts`): its size (and
+        #: inode) is what a cached recipient lookup is checked against (`recipient_account`)
+        self._accounts_epoch = self.directory / "locks" / "accounts"
+        self._rcpt_cache: dict[str, tuple[tuple[int, int], float, Account | None]] = {}
+        with contextlib.suppress(OSError):  # without the file nothing is cached
+            os.close(os.open(self._accounts_epoch, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._closed = False
         #: the file whose ``flock`` the writers of every process take around each group's
@@ -689,6 +719,8 @@ class SqliteMailstore:
     ) -> None:
         """After a group's COMMIT, outside the writer lock: remove the files it freed, publish
         its changes, then answer its ops (so a caller never answers before every session knows)."""
+        if batch.accounts_changed:
+            self._bump_accounts()
         if batch.unlink:
             # Before the answers, so that a freed file is gone when its op returns. This may
             # wait for another process's write transaction (as our next BEGIN would anyway).
@@ -915,6 +947,7 @@ class SqliteMailstore:
 
     @staticmethod
     def _op_add_domain(conn: sqlite3.Connection, batch: _Batch, name: str) -> Domain:
+        batch.accounts_changed = True
         if conn.execute("SELECT 1 FROM domains WHERE name=?", (name,)).fetchone():
             raise AlreadyExists(f"domain {name} exists already")
         conn.execute("INSERT INTO domains(name, created) VALUES (?, ?)", (name, int(time.time())))
@@ -947,6 +980,7 @@ class SqliteMailstore:
 
     @staticmethod
     def _op_delete_domain(conn: sqlite3.Connection, batch: _Batch, name: str) -> None:
+        batch.accounts_changed = True
         if not conn.execute("SELECT 1 FROM domains WHERE name=?", (name,)).fetchone():
             raise NotFound(f"no domain {name}")
         (n,) = conn.execute("SELECT count(*) FROM accounts WHERE domain=?", (name,)).fetchone()
@@ -977,6 +1011,7 @@ class SqliteMailstore:
         quota_bytes: int,
         quota_messages: int,
     ) -> Account:
+        batch.accounts_changed = True
         local, at, domain = name.rpartition("@")
         if not at or not local:
             raise StoreError(f"not an address: {name!r} (use user@domain)")
@@ -1039,6 +1074,60 @@ class SqliteMailstore:
     def _account(row: Sequence[Any]) -> Account:
         return Account(*row)
 
+    #: seconds a cached recipient lookup is used at most, a backstop for a process that died
+    #: between its COMMIT and its `_bump_accounts`
+    recipient_cache_seconds: float = 5.0
+    _RECIPIENT_CACHE_MAX: Final = 10_000
+
+    def _accounts_token(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._accounts_epoch)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size
+
+    def _bump_accounts(self) -> None:
+        """After a COMMIT that changed accounts (or left one without room, `_note_usage`) and
+        before its ops are answered: every process's cached recipient lookups are void."""
+        self._rcpt_cache.clear()
+        try:
+            fd = os.open(
+                self._accounts_epoch, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            try:
+                os.write(fd, b".")
+            finally:
+                os.close(fd)
+        except OSError as exc:  # other processes' caches expire (recipient_cache_seconds)
+            log.warning("event=accounts_epoch_failed error=%r", exc)
+
+    def recipient_account(self, name: str, size: int | None = None) -> Account | None:
+        """`get_account` for an SMTP recipient, answered from this process's cache when that
+        gives the answer a fresh read would: whether the account exists, whether it is full,
+        and whether a message of ``size`` octets (SIZE=, if declared) would exceed its quota.
+
+        A lookup is cached only while the account is `roomy` (or does not exist), and a
+        cached one is used only while ``locks/accounts`` is unchanged: every process's writer
+        appends to it after committing any change to accounts, aliases or domains, and after a
+        delivery, APPEND or COPY that leaves an account without an eighth of its quota. So an
+        unchanged file means the account is still roomy: not full, and with room for any
+        message of up to an eighth of its quota (a larger ``size`` is read fresh). The usage
+        in a cached Account may be behind; the store's own quota check at delivery is exact."""
+        key = name.lower()
+        token = self._accounts_token()  # before the read: a change after it voids the entry
+        now = time.monotonic()
+        hit = self._rcpt_cache.get(key)
+        if hit is not None and hit[0] == token and now - hit[1] < self.recipient_cache_seconds:
+            acc = hit[2]
+            if acc is None or size is None or not acc.quota_bytes or size <= acc.quota_bytes // 8:
+                return acc
+        acc = self.get_account(key)
+        if token is not None and (acc is None or roomy(acc)):
+            if len(self._rcpt_cache) >= self._RECIPIENT_CACHE_MAX:
+                self._rcpt_cache.clear()
+            self._rcpt_cache[key] = (token, now, acc)
+        return acc
+
     def get_account(self, name: str) -> Account | None:
         row = (
             self._reader()
@@ -1100,6 +1189,7 @@ class SqliteMailstore:
     def _op_set_quota(
         self, conn: sqlite3.Connection, batch: _Batch, name: str, qb: int, qm: int
     ) -> Account:
+        batch.accounts_changed = True
         cur = conn.execute(
             "UPDATE accounts SET quota_bytes=?, quota_messages=? WHERE name=?", (qb, qm, name)
         )
@@ -1125,6 +1215,7 @@ class SqliteMailstore:
         self, conn: sqlite3.Connection, batch: _Batch, name: str, key: str, value: str
     ) -> Account:
         assert key in self.ACCOUNT_SETTINGS  # the column name comes from the fixed table above
+        batch.accounts_changed = True
         cur = conn.execute(f"UPDATE accounts SET {key}=? WHERE name=?", (value, name))
         if cur.rowcount == 0:
             raise NotFound(f"no account {name}")
@@ -1137,6 +1228,7 @@ class SqliteMailstore:
         self._write(self._op_delete_account, name.lower())
 
     def _op_delete_account(self, conn: sqlite3.Connection, batch: _Batch, name: str) -> None:
+        batch.accounts_changed = True
         row = conn.execute("SELECT id FROM accounts WHERE name=?", (name,)).fetchone()
         if row is None:
             raise NotFound(f"no account {name}")
@@ -1172,6 +1264,7 @@ class SqliteMailstore:
 
     @staticmethod
     def _op_add_alias(conn: sqlite3.Connection, batch: _Batch, address: str, target: str) -> None:
+        batch.accounts_changed = True
         local, at, domain = address.rpartition("@")
         if not at or not domain:
             raise StoreError(f"not an alias address: {address!r} (user@domain or @domain)")
@@ -1194,6 +1287,7 @@ class SqliteMailstore:
     def _op_delete_alias(
         conn: sqlite3.Connection, batch: _Batch, address: str, target: str | None
     ) -> None:
+        batch.accounts_changed = True
         if target is None:
             cur = conn.execute("DELETE FROM aliases WHERE address=?", (address,))
         else:
@@ -1468,6 +1562,7 @@ class SqliteMailstore:
                 " WHERE id=?",
                 (blob.size, account.id),
             )
+            _note_usage(batch, account, blob.size, 1)
             assert cur.lastrowid is not None
             stored[account.name] = MessageMeta(
                 cur.lastrowid, mailbox_id, uid, modseq, flags, (), internal_date, now,
@@ -1724,7 +1819,9 @@ class SqliteMailstore:
         )
         return account_id, first, modseq
 
-    def _check_quota(self, conn: sqlite3.Connection, account_id: int, size: int, n: int) -> None:
+    def _check_quota(self, conn: sqlite3.Connection, account_id: int, size: int, n: int) -> Account:
+        """The account, before adding ``n`` messages of ``size`` bytes; OverQuota if they do not
+        fit."""
         row = conn.execute(
             f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
         ).fetchone()
@@ -1734,6 +1831,7 @@ class SqliteMailstore:
         over = account.would_exceed(size, n)
         if over:
             raise OverQuota(account.name, over)
+        return account
 
     def append(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[MessageMeta]:
         return self._write(self._op_append, mailbox_id, list(items))
@@ -1747,7 +1845,9 @@ class SqliteMailstore:
         """APPEND / MULTIAPPEND (RFC 3502): all messages or none; quota checked first."""
         try:
             account_id = self._mailbox_account(conn, mailbox_id)
-            self._check_quota(conn, account_id, sum(i.blob.size for i in items), len(items))
+            before = self._check_quota(
+                conn, account_id, sum(i.blob.size for i in items), len(items)
+            )
         except BaseException:
             for item in items:
                 self.discard(item.blob)
@@ -1767,10 +1867,12 @@ class SqliteMailstore:
                 MessageAdded(account_id, mailbox_id, uid, modseq, item.flags, keywords)
             )
             uid += 1
+        added = sum(m.size for m in out)
         conn.execute(
             "UPDATE accounts SET used_bytes=used_bytes+?, used_messages=used_messages+? WHERE id=?",
-            (sum(m.size for m in out), len(out), account_id),
+            (added, len(out), account_id),
         )
+        _note_usage(batch, before, added, len(out))
         return out
 
     @staticmethod
@@ -1837,7 +1939,9 @@ class SqliteMailstore:
             return []
         total = sum(r[4] for r in rows)
         if not move:
-            self._check_quota(conn, account_id, total, len(rows))
+            _note_usage(
+                batch, self._check_quota(conn, account_id, total, len(rows)), total, len(rows)
+            )
         _acc, new_uid, modseq = self._allocate(conn, dst, len(rows))
         now = int(time.time())
         pairs: list[tuple[int, int]] = []
@@ -2249,6 +2353,7 @@ class SqliteMailstore:
             if (ub, um) != (real_b, real_m):
                 quota.append(f"{name}: recorded {ub} bytes/{um} messages, stored {real_b}/{real_m}")
                 if repair:
+                    batch.accounts_changed = True
                     conn.execute(
                         "UPDATE accounts SET used_bytes=?, used_messages=? WHERE id=?",
                         (real_b, real_m, aid),
