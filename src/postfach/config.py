@@ -19,7 +19,8 @@ from postfach.quota import parse_size
 
 CONFIG_NAME = "postfach.toml"
 
-#: ``[server] workers`` when not configured: one per CPU core, at most `MAX_AUTO_WORKERS`
+#: ``[server] workers`` when not configured: one per CPU core the server may use (its CPU
+#: affinity: a cpuset, ``taskset``, a container's ``--cpuset-cpus``), at most `MAX_AUTO_WORKERS`
 DEFAULT_WORKERS = "auto"
 MAX_AUTO_WORKERS = 8
 MAX_WORKERS = 64
@@ -304,9 +305,9 @@ def load_config(
 
 
 def _workers(value: Any) -> int:
-    """``auto`` (one per CPU core, at most `MAX_AUTO_WORKERS`) or a count of processes."""
+    """``auto`` (one per usable CPU core, at most `MAX_AUTO_WORKERS`) or a count of processes."""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:

@@ -127,7 +127,7 @@ def test_server_user_from_file_and_environment(tmp_path: Path) -> None:
 
 
 def test_server_workers_from_file_and_environment(tmp_path: Path) -> None:
-    cores = max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+    cores = max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
     assert load_config(tmp_path, env={}).workers == cores  # "auto"
     (tmp_path / "postfach.toml").write_text("[server]\nworkers = 3\n")
     assert load_config(tmp_path, env={}).workers == 3
@@ -139,6 +139,15 @@ def test_server_workers_from_file_and_environment(tmp_path: Path) -> None:
     (tmp_path / "postfach.toml").write_text("[server]\nworkers = true\n")
     with pytest.raises(ConfigError, match="workers"):
         load_config(tmp_path, env={})
+
+
+def test_auto_workers_count_the_cpus_the_server_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container or cpuset that gives the server 2 of 16 cores: 2 workers, not 8."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5})
+    assert load_config(tmp_path, env={}).workers == 2
 
 
 def test_cpu_affinity_is_auto_unless_switched_off(tmp_path: Path) -> None:
