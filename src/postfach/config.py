@@ -319,11 +319,11 @@ def _workers(value: Any) -> int:
 
 
 def _affinity(value: Any) -> bool:
-    """``auto`` (True) or ``off`` (False)."""
+    """``auto`` (True) or ``off`` (False); TOML's ``true`` and ``false`` mean the same."""
     text = value.strip().lower() if isinstance(value, str) else value
-    if text == "auto":
+    if text == "auto" or text is True:
         return True
-    if text in {"off", False}:
+    if text == "off" or text is False:
         return False
     raise ConfigError(f"[server] cpu_affinity: expected 'auto' or 'off', got {value!r}")
 

@@ -157,6 +157,11 @@ def test_cpu_affinity_is_auto_unless_switched_off(tmp_path: Path) -> None:
     assert load_config(tmp_path, env={"POSTFACH_CPU_AFFINITY": "Auto"}).cpu_affinity is True
     (tmp_path / "postfach.toml").write_text("[server]\ncpu_affinity = false\n")
     assert load_config(tmp_path, env={}).cpu_affinity is False
+    (tmp_path / "postfach.toml").write_text("[server]\ncpu_affinity = true\n")
+    assert load_config(tmp_path, env={}).cpu_affinity is True
+    (tmp_path / "postfach.toml").write_text("[server]\ncpu_affinity = 0\n")
+    with pytest.raises(ConfigError, match="cpu_affinity"):
+        load_config(tmp_path, env={})
     for bad in ("0-3", "yes please"):
         with pytest.raises(ConfigError, match=r"\[server\] cpu_affinity: expected 'auto' or 'off'"):
             load_config(tmp_path, env={"POSTFACH_CPU_AFFINITY": bad})
