@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -295,24 +294,25 @@ class FlagResult:
     failed: list[int]  # UIDs refused by UNCHANGEDSINCE (RFC 7162 MODIFIED)
 
 
-def roomy(account: Account) -> bool:
-    """Whether the account has an eighth of each of its quotas left (at least one byte and one
-    message): a recipient lookup may then be answered from the cache (`recipient_account`). An
-    account without quotas is always roomy."""
+#: the share of a quota an account must have left for its recipient lookup to be cached
+_ROOM_SHARE: Final = 8
+
+
+def roomy(account: Account, size: int = 0, count: int = 0) -> bool:
+    """Whether the account, with ``count`` messages of ``size`` bytes added, has an eighth
+    (`_ROOM_SHARE`) of each of its quotas left (at least one byte and one message): a recipient
+    lookup may then be answered from the cache (`recipient_account`). An account without quotas
+    is always roomy."""
     qb, qm = account.quota_bytes, account.quota_messages
-    return (not qb or account.used_bytes + max(1, qb // 8) <= qb) and (
-        not qm or account.used_messages + max(1, qm // 8) <= qm
+    return (not qb or account.used_bytes + size + max(1, qb // _ROOM_SHARE) <= qb) and (
+        not qm or account.used_messages + count + max(1, qm // _ROOM_SHARE) <= qm
     )
 
 
 def _note_usage(batch: _Batch, before: Account, size: int, count: int) -> None:
     """After ``count`` messages of ``size`` bytes were added to ``before``'s usage: an account
     that is no longer `roomy` must not be answered from any process's recipient cache."""
-    if (before.quota_bytes or before.quota_messages) and not roomy(
-        dataclasses.replace(
-            before, used_bytes=before.used_bytes + size, used_messages=before.used_messages + count
-        )
-    ):
+    if not roomy(before, size, count):
         batch.accounts_changed = True
 
 
@@ -1119,7 +1119,12 @@ class SqliteMailstore:
         hit = self._rcpt_cache.get(key)
         if hit is not None and hit[0] == token and now - hit[1] < self.recipient_cache_seconds:
             acc = hit[2]
-            if acc is None or size is None or not acc.quota_bytes or size <= acc.quota_bytes // 8:
+            if (
+                acc is None
+                or size is None
+                or not acc.quota_bytes
+                or size <= acc.quota_bytes // _ROOM_SHARE
+            ):
                 return acc
         acc = self.get_account(key)
         if token is not None and (acc is None or roomy(acc)):
