@@ -17,11 +17,13 @@ import logging
 import os
 import pkgutil
 import pwd
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 from postfach.config import Config, ConfigError, listener_items
 from postfach.datadir import StartupError
+from postfach.store.sqlite import WRITER_PRIORITY_BOOST
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ def _preload() -> None:
 def drop(who: RunAs) -> None:
     """Become ``who`` for good (groups, gid, uid; real, effective and saved)."""
     _preload()
+    _keep_writer_priority()
     os.initgroups(who.name, who.gid)
     os.setresgid(who.gid, who.gid, who.gid)
     os.setresuid(who.uid, who.uid, who.uid)
@@ -112,6 +115,23 @@ def drop(who: RunAs) -> None:
     stdlib = Path(os.__file__).parent
     if not os.access(stdlib, os.R_OK | os.X_OK):
         log.warning("event=python_unreadable path=%s user=%s", stdlib, who.name)
+
+
+def _keep_writer_priority() -> None:
+    """Let the store's writer threads, started after the drop, still run ahead of their event
+    loops (`postfach.store.sqlite.boost_priority`): RLIMIT_NICE allows a process without root
+    to lower a nice value down to 20 minus the limit, and only root may raise the limit."""
+    rlimit_nice = getattr(resource, "RLIMIT_NICE", None)
+    if rlimit_nice is None:  # pragma: no cover - not Linux
+        return
+    want = 20 + WRITER_PRIORITY_BOOST
+    try:
+        soft, hard = resource.getrlimit(rlimit_nice)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            top = hard if hard == resource.RLIM_INFINITY else max(hard, want)
+            resource.setrlimit(rlimit_nice, (want, top))
+    except (OSError, ValueError) as exc:  # a container may take CAP_SYS_RESOURCE from root
+        log.info("event=writer_priority_unavailable reason=rlimit_nice error=%r", exc)
 
 
 def become_data_owner(data_dir: Path) -> None:

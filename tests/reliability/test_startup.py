@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from proc import server_env, spawn
 
+from postfach.store.sqlite import WRITER_PRIORITY_BOOST
+
 ROOT = os.geteuid() == 0
 as_root = pytest.mark.skipif(not ROOT, reason="needs root (CI runs as root)")
 
@@ -131,6 +133,24 @@ def test_root_on_privileged_port_without_user_is_refused(tmp_path: Path) -> None
     _one_line_error(result, "refusing to run as root", f"127.0.0.1:{port}", "user")
 
 
+def _nice_of_threads(pid: int) -> list[int]:
+    """The nice value of every thread of process ``pid``."""
+    tasks = Path(f"/proc/{pid}/task")
+    return [
+        int((tasks / t / "stat").read_text().rpartition(")")[2].split()[16])
+        for t in os.listdir(tasks)
+    ]
+
+
+def _rlimit_nice(pid: int) -> int:
+    """The soft RLIMIT_NICE of process ``pid``."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max nice priority"):
+            soft = line.split()[3]
+            return 40 if soft == "unlimited" else int(soft)
+    raise AssertionError("no RLIMIT_NICE in /proc/<pid>/limits")
+
+
 @as_root
 def test_root_binds_then_becomes_the_configured_user(open_dir: Path) -> None:
     nobody = pwd.getpwnam("nobody")
@@ -145,6 +165,14 @@ def test_root_binds_then_becomes_the_configured_user(open_dir: Path) -> None:
             assert fields["Uid"][:3] == [str(nobody.pw_uid)] * 3
             assert fields["Gid"][:3] == [str(nobody.pw_gid)] * 3
             assert "0" not in fields["Groups"]
+        # After the drop each worker's store writer still runs ahead of the rest of the worker
+        # as far as RLIMIT_NICE allows (raised before the drop where root may: -10); a root
+        # without CAP_SYS_RESOURCE (some containers) cannot raise it, and nothing is boosted.
+        for pid in server.tree()[1:] or server.tree():  # the workers, or the one process
+            soft = _rlimit_nice(pid)
+            boost = min(WRITER_PRIORITY_BOOST, max(0, soft - 20))
+            nice = sorted(_nice_of_threads(pid))
+            assert nice == sorted([-boost] + [0] * (len(nice) - 1)), (soft, nice)
         assert data.stat().st_uid == nobody.pw_uid
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         # The admin command, run as root, works as the data directory's owner.

@@ -28,7 +28,7 @@ import pytest
 from proc import LISTENERS, ServerProcess, alive, children, spawn
 
 from postfach.auth.passwords import hash_password
-from postfach.store.sqlite import SqliteMailstore
+from postfach.store.sqlite import WRITER_PRIORITY_BOOST, SqliteMailstore
 
 USER, PASSWORD = "alice@localhost", "two workers"
 MESSAGE = b"From: <bob@remote.example>\r\nSubject: %s\r\n\r\nHello.\r\n"
@@ -197,6 +197,23 @@ def test_with_one_worker_per_cpu_each_worker_runs_on_a_cpu_of_its_own(
         else:
             assert each == [{frozenset(two)}, {frozenset(two)}]
             assert logged == ["any", "any"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+def test_each_workers_store_writer_runs_ahead_of_the_worker(tmp_path: Path) -> None:
+    """A server running as root (no ``[server] user``): in each worker one thread, the store's
+    writer, is ten nice steps ahead of the others (docs/architecture.md, "Runtime")."""
+    with running(_data(tmp_path)) as server:
+        workers = children(server.pid)
+        assert len(workers) == 2
+        deliver(server, "ahead")
+        assert pop3_subjects(server) == [b"Subject: ahead"]
+        for pid in workers:
+            nice = sorted(
+                int(Path(f"/proc/{pid}/task/{t}/stat").read_text().rpartition(")")[2].split()[16])
+                for t in os.listdir(f"/proc/{pid}/task")
+            )
+            assert nice == [-WRITER_PRIORITY_BOOST] + [0] * (len(nice) - 1), nice
 
 
 def test_a_burst_of_connections_is_shared_by_the_workers(tmp_path: Path) -> None:
