@@ -642,27 +642,22 @@ class SqliteMailstore:
                 self._readers.append(conn)
         return conn
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """Queue a write op; the future resolves after its group commit (or with its error)."""
+    def submit(
+        self, fn: Callable[..., T], *args: Any, background: bool = False
+    ) -> concurrent.futures.Future[T]:
+        """Queue a write op; the future resolves after its group commit (or with its error).
+        ``background``: the indexer's op, whose group runs at the process's own priority (its
+        FTS inserts take milliseconds per message; ahead of the event loop they would hold up
+        every session of the worker for that long)."""
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._closed:
             fut.set_exception(StoreError("store is closed"))
             return fut
-        self._queue.put(_Op(fn, args, fut))
+        self._queue.put(_Op(fn, args, fut, background))
         return fut
 
     def _write(self, fn: Callable[..., T], *args: Any) -> T:
         return self.submit(fn, *args).result()
-
-    def _write_background(self, fn: Callable[..., T], *args: Any) -> T:
-        """`_write` for the indexer: its group runs at the process's own priority (the FTS
-        inserts take milliseconds per message; ahead of the event loop they would hold up
-        every session of this worker for that long)."""
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        if self._closed:
-            raise StoreError("store is closed")
-        self._queue.put(_Op(fn, args, fut, background=True))
-        return fut.result()
 
     async def awrite(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self.submit(fn, *args))
@@ -2247,7 +2242,7 @@ class SqliteMailstore:
                 continue
             docs.append((seq, sha, headers.casefold(), body.casefold()))
         if docs or failed or gone:
-            self._write_background(self._op_index, docs, failed, gone)
+            self.submit(self._op_index, docs, failed, gone, background=True).result()
         return len(docs) + len(failed) + len(gone)
 
     @staticmethod
