@@ -38,9 +38,9 @@ def test_the_writer_thread_runs_ahead_of_its_process(tmp_path: Path) -> None:
     try:
         store.add_domain("example.org")
         account = store.add_account("a@example.org", hash_password("pw"))
-        [writer] = [t for t in threading.enumerate() if t.name == "postfach-writer"]
-        assert writer.native_id is not None
-        assert nice_of(writer.native_id) == base - WRITER_PRIORITY_BOOST
+        writer = store._writer.native_id  # this store's writer thread
+        assert writer is not None
+        assert nice_of(writer) == base - WRITER_PRIORITY_BOOST
         assert nice_of(threading.get_native_id()) == base  # the caller's thread is untouched
         store.deliver([account.id], store.stage(b"Subject: hi\r\n\r\nbody\r\n"), 0)
         box = store.get_mailbox(account.id, INBOX)
@@ -102,8 +102,8 @@ def test_the_indexers_writes_run_at_the_process_priority(
         store.deliver([account.id], store.stage(data), 0)
         assert store.index_pending(10) == 1
         assert seen == {"deliver": base - WRITER_PRIORITY_BOOST, "index": base}
-        [writer] = [t for t in threading.enumerate() if t.name == "postfach-writer"]
-        assert writer.native_id is not None
-        assert nice_of(writer.native_id) == base - WRITER_PRIORITY_BOOST  # boosted again
+        writer = store._writer.native_id
+        assert writer is not None
+        assert nice_of(writer) == base - WRITER_PRIORITY_BOOST  # boosted again
     finally:
         store.close()
