@@ -53,6 +53,16 @@ def alive(pid: int) -> bool:
     return False
 
 
+def thread_nice_values(pid: int) -> list[int]:
+    """The nice value of every thread of process ``pid``, lowest first (the 19th field of
+    ``/proc/<pid>/task/<tid>/stat``: what the scheduler goes by, per thread)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sorted(
+        int((tasks / t / "stat").read_text().rpartition(")")[2].split()[16])
+        for t in os.listdir(tasks)
+    )
+
+
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({f"POSTFACH_{name.upper()}": "127.0.0.1:0" for name in LISTENERS})

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from proc import server_env, spawn
+from proc import server_env, spawn, thread_nice_values
 
 from postfach.store.sqlite import WRITER_PRIORITY_BOOST
 
@@ -133,15 +133,6 @@ def test_root_on_privileged_port_without_user_is_refused(tmp_path: Path) -> None
     _one_line_error(result, "refusing to run as root", f"127.0.0.1:{port}", "user")
 
 
-def _nice_of_threads(pid: int) -> list[int]:
-    """The nice value of every thread of process ``pid``."""
-    tasks = Path(f"/proc/{pid}/task")
-    return [
-        int((tasks / t / "stat").read_text().rpartition(")")[2].split()[16])
-        for t in os.listdir(tasks)
-    ]
-
-
 def _rlimit_nice(pid: int) -> int:
     """The soft RLIMIT_NICE of process ``pid``."""
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
@@ -171,8 +162,8 @@ def test_root_binds_then_becomes_the_configured_user(open_dir: Path) -> None:
         for pid in server.tree()[1:] or server.tree():  # the workers, or the one process
             soft = _rlimit_nice(pid)
             boost = min(WRITER_PRIORITY_BOOST, max(0, soft - 20))
-            nice = sorted(_nice_of_threads(pid))
-            assert nice == sorted([-boost] + [0] * (len(nice) - 1)), (soft, nice)
+            nice = thread_nice_values(pid)
+            assert nice == [-boost] + [0] * (len(nice) - 1), (soft, nice)
         assert data.stat().st_uid == nobody.pw_uid
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         # The admin command, run as root, works as the data directory's owner.

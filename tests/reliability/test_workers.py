@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from proc import LISTENERS, ServerProcess, alive, children, spawn
+from proc import LISTENERS, ServerProcess, alive, children, spawn, thread_nice_values
 
 from postfach.auth.passwords import hash_password
 from postfach.store.sqlite import WRITER_PRIORITY_BOOST, SqliteMailstore
@@ -209,10 +209,7 @@ def test_each_workers_store_writer_runs_ahead_of_the_worker(tmp_path: Path) -> N
         deliver(server, "ahead")
         assert pop3_subjects(server) == [b"Subject: ahead"]
         for pid in workers:
-            nice = sorted(
-                int(Path(f"/proc/{pid}/task/{t}/stat").read_text().rpartition(")")[2].split()[16])
-                for t in os.listdir(f"/proc/{pid}/task")
-            )
+            nice = thread_nice_values(pid)
             assert nice == [-WRITER_PRIORITY_BOOST] + [0] * (len(nice) - 1), nice
 
 
